@@ -1,0 +1,256 @@
+"""The autodiff core: `Mat` (value `w`, gradient `dw`) and `Graph` (a tape of ops).
+
+In the spirit of RecurrentJS's Graph/Mat, vectorised over a batch: rows are the
+batch, so an activation is (B, H) and a weight (D, H). Each op computes its
+result at once and, when the graph records, appends a backward closure to the
+tape; `Graph.backward()` runs the tape in reverse (no recursion, no sort).
+
+    g = Graph()
+    h = g.tanh(g.add(g.matmul(x, W), b))     # (B, H)
+    loss = g.softmax_cross_entropy(g.matmul(h, Wy), targets)
+    g.backward()                             # W.dw, b.dw, Wy.dw now hold d loss
+
+Gradients accumulate (`+=`) as in RecurrentJS; an optimizer step zeroes them.
+Only numpy is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+class Mat:
+    """A 2-D value `w` and its gradient `dw` (allocated on first use)."""
+
+    __slots__ = ("w", "_dw")
+
+    def __init__(self, w):
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise ValueError(f"Mat needs a 2-D array, got shape {w.shape}")
+        self.w = w
+        self._dw = None
+
+    @property
+    def dw(self) -> np.ndarray:
+        if self._dw is None:
+            self._dw = np.zeros_like(self.w)
+        return self._dw
+
+    @dw.setter
+    def dw(self, value) -> None:
+        self._dw = np.asarray(value, dtype=self.w.dtype)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.w.shape
+
+    def __repr__(self) -> str:
+        return f"Mat(shape={self.w.shape}, dtype={self.w.dtype})"
+
+    @classmethod
+    def zeros(cls, n: int, d: int, dtype=np.float32) -> Mat:
+        return cls(np.zeros((n, d), dtype=dtype))
+
+    @classmethod
+    def randn(cls, n: int, d: int, std: float, rng: np.random.Generator, dtype=np.float32) -> Mat:
+        return cls((rng.standard_normal((n, d)) * std).astype(dtype))
+
+    @classmethod
+    def uniform(cls, n: int, d: int, scale: float, rng: np.random.Generator, dtype=np.float32) -> Mat:
+        return cls(rng.uniform(-scale, scale, (n, d)).astype(dtype))
+
+
+def _acc(m: Mat, g: np.ndarray, fresh: bool = False) -> None:
+    """Accumulate gradient `g` into `m.dw`; `fresh` means nobody else holds `g`."""
+    if m._dw is None:
+        m._dw = g if fresh else g.copy()
+    else:
+        m._dw += g
+
+
+def _unbroadcast(g: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Sum `g` over the axes along which an operand of `shape` was broadcast."""
+    if g.shape == shape:
+        return g
+    return g.sum(axis=tuple(i for i in range(2) if shape[i] == 1), keepdims=True)
+
+
+class Graph:
+    """Records ops for backprop when `needs_backprop` is true; otherwise only computes."""
+
+    def __init__(self, needs_backprop: bool = True):
+        self.needs_backprop = needs_backprop
+        self.tape: list[Callable[[], None]] = []
+
+    def backward(self) -> None:
+        """Run the tape in reverse, accumulating into every input's `dw`."""
+        for step in reversed(self.tape):
+            step()
+
+    def _record(self, out: Mat, fn: Callable[[np.ndarray], None]) -> Mat:
+        if self.needs_backprop:
+            def step():
+                if out._dw is not None:  # no gradient reached `out`: nothing to send back
+                    fn(out._dw)
+            self.tape.append(step)
+        return out
+
+    # -- linear algebra ------------------------------------------------------------
+
+    def matmul(self, a: Mat, b: Mat) -> Mat:
+        """(N, D) @ (D, M) -> (N, M)."""
+        out = Mat(a.w @ b.w)
+
+        def back(d):
+            _acc(a, d @ b.w.T, fresh=True)
+            _acc(b, a.w.T @ d, fresh=True)
+        return self._record(out, back)
+
+    def add(self, a: Mat, b: Mat) -> Mat:
+        """Elementwise sum; either side may broadcast (a (1, n) bias row, a (B, 1) column)."""
+        out = Mat(a.w + b.w)
+
+        def back(d):
+            _acc(a, _unbroadcast(d, a.shape))
+            _acc(b, _unbroadcast(d, b.shape))
+        return self._record(out, back)
+
+    def eltmul(self, a: Mat, b: Mat) -> Mat:
+        """Elementwise product, with the same broadcasting as `add`."""
+        out = Mat(a.w * b.w)
+
+        def back(d):
+            _acc(a, _unbroadcast(d * b.w, a.shape), fresh=True)
+            _acc(b, _unbroadcast(d * a.w, b.shape), fresh=True)
+        return self._record(out, back)
+
+    def scale(self, a: Mat, k: float) -> Mat:
+        """k * a for a constant k."""
+        out = Mat(a.w * a.w.dtype.type(k))
+
+        def back(d):
+            _acc(a, d * a.w.dtype.type(k), fresh=True)
+        return self._record(out, back)
+
+    def one_minus(self, a: Mat) -> Mat:
+        """1 - a (the GRU's update-gate complement)."""
+        out = Mat(1 - a.w)
+
+        def back(d):
+            _acc(a, -d, fresh=True)
+        return self._record(out, back)
+
+    # -- nonlinearities: backward reuses the forward result ------------------------
+
+    def tanh(self, a: Mat) -> Mat:
+        out = Mat(np.tanh(a.w))
+
+        def back(d):
+            _acc(a, d * (1 - out.w * out.w), fresh=True)
+        return self._record(out, back)
+
+    def sigmoid(self, a: Mat) -> Mat:
+        out = Mat(_sigmoid(a.w))
+
+        def back(d):
+            _acc(a, d * out.w * (1 - out.w), fresh=True)
+        return self._record(out, back)
+
+    def relu(self, a: Mat) -> Mat:
+        out = Mat(np.maximum(a.w, 0))
+
+        def back(d):
+            _acc(a, d * (a.w > 0), fresh=True)
+        return self._record(out, back)
+
+    # -- gathering and reshaping ----------------------------------------------------
+
+    def embed(self, table: Mat, ids) -> Mat:
+        """Rows of `table` for an integer array `ids` of shape (N,): (N, D)."""
+        ids = np.asarray(ids).reshape(-1)
+        out = Mat(table.w[ids])
+
+        def back(d):
+            np.add.at(table.dw, ids, d)  # repeated ids accumulate
+        return self._record(out, back)
+
+    def concat(self, *mats: Mat) -> Mat:
+        """Join column blocks: (N, a) + (N, b) -> (N, a + b)."""
+        out = Mat(np.concatenate([m.w for m in mats], axis=1))
+        edges = np.cumsum([0] + [m.shape[1] for m in mats])
+
+        def back(d):
+            for m, lo, hi in zip(mats, edges[:-1], edges[1:]):
+                _acc(m, d[:, lo:hi])
+        return self._record(out, back)
+
+    def split(self, a: Mat, sizes: Sequence[int]) -> list[Mat]:
+        """Cut column blocks of the given widths (e.g. fused gates (B, 4H) -> 4 x (B, H))."""
+        if sum(sizes) != a.shape[1]:
+            raise ValueError(f"split sizes {list(sizes)} do not add up to {a.shape[1]} columns")
+        edges = np.cumsum([0] + list(sizes))
+        return [self.columns(a, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+
+    def columns(self, a: Mat, lo: int, hi: int) -> Mat:
+        """Columns lo:hi of `a`."""
+        out = Mat(a.w[:, lo:hi])
+
+        def back(d):
+            a.dw[:, lo:hi] += d
+        return self._record(out, back)
+
+    def rows(self, a: Mat, lo: int, hi: int) -> Mat:
+        """Rows lo:hi of `a` (one time step of a time-major (T*B, n) matrix)."""
+        out = Mat(a.w[lo:hi])
+
+        def back(d):
+            a.dw[lo:hi] += d
+        return self._record(out, back)
+
+    def stack_rows(self, *mats: Mat) -> Mat:
+        """Stack row blocks: T x (B, n) -> (T*B, n), e.g. every step's output for one decoder product."""
+        out = Mat(np.concatenate([m.w for m in mats], axis=0))
+        edges = np.cumsum([0] + [m.shape[0] for m in mats])
+
+        def back(d):
+            for m, lo, hi in zip(mats, edges[:-1], edges[1:]):
+                _acc(m, d[lo:hi])
+        return self._record(out, back)
+
+    # -- loss --------------------------------------------------------------------------
+
+    def softmax_cross_entropy(self, logits: Mat, targets, mask=None, denom: float = 1.0) -> float:
+        """Sum over rows of mask * -log softmax(logits)[target], divided by `denom`.
+
+        Numerically stable (log-sum-exp). When recording, seeds `logits.dw` with
+        the gradient of exactly the returned value; masked rows contribute nothing.
+        """
+        targets = np.asarray(targets).reshape(-1)
+        z = logits.w - logits.w.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        sum_ez = ez.sum(axis=1, keepdims=True)
+        rows = np.arange(len(targets))
+        nll = np.log(sum_ez[:, 0]) - z[rows, targets]  # (N,)
+        weight = np.full(len(targets), 1.0 / denom) if mask is None else np.asarray(mask).reshape(-1) / denom
+        loss = float(np.dot(nll.astype(np.float64), weight))
+        if self.needs_backprop:
+            grad = ez / sum_ez
+            grad[rows, targets] -= 1
+            grad *= weight.astype(grad.dtype)[:, None]
+            _acc(logits, grad, fresh=True)
+        return loss
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, stable for large |x| (no overflow warning)."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+OPS = (
+    "matmul", "add", "eltmul", "scale", "one_minus", "tanh", "sigmoid", "relu",
+    "embed", "concat", "split", "columns", "rows", "stack_rows", "softmax_cross_entropy",
+)
+"""Every op of `Graph`; tests check each against finite differences and that none is missing."""
