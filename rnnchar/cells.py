@@ -1,0 +1,194 @@
+"""Recurrent cells built from graph ops, and stacks of them.
+
+Every cell works on a batch: input (B, D), state a tuple of (B, H) Mats whose
+first entry is the output h. A stack turns a time-major input (T*B, D) into
+the top layer's outputs, one (B, H) Mat per step.
+
+    stack = make_stack("lstm", D=32, hidden_sizes=[128, 64], rng=rng)
+    outs, state = stack.forward(graph, x, T, B, stack.zero_state(B))
+
+Plain stacks run layer by layer, so a layer's input projection for all T
+steps is one product. Gated-feedback stacks (Chung et al. 2015,
+arXiv:1502.02367) run step by step, because layer j reads every layer's
+previous state h*_{t-1} through global reset gates
+g(i->j) = sigmoid(x_j . w_g + h*_{t-1} . u_g); the gated sum
+sum_i g(i->j) * (h_i U(i->j)) replaces the recurrent term of the tanh state
+(gf-rnn), of the GRU candidate inside the reset gate (gf-gru), or of the LSTM
+cell candidate (gf-lstm). Layer sizes may differ. Only numpy is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .graph import Graph, Mat
+
+CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+BLOCKS = {"rnn": 1, "gru": 3, "lstm": 4}  # (B, H) blocks in a cell's input projection
+
+
+def _weight(rows: int, cols: int, fan: int, init_scale: float, rng, dtype) -> Mat:
+    """U(-1/sqrt(fan), 1/sqrt(fan)) like PyTorch's RNNs, or N(0, init_scale) like RecurrentJS."""
+    if init_scale > 0:
+        return Mat.randn(rows, cols, init_scale, rng, dtype)
+    return Mat.uniform(rows, cols, 1 / math.sqrt(fan), rng, dtype)
+
+
+class Layer:
+    """One layer's parameters: Wx (D, G*H), b (1, G*H), and the recurrent matrix Wh."""
+
+    def __init__(self, kind: str, D: int, H: int, rng, dtype, init_scale=0.0, forget_bias=1.0,
+                 activation="tanh", own_recurrent=None):
+        self.kind, self.D, self.H, self.activation = kind, D, H, activation
+        G = BLOCKS[kind]
+        # gf cells keep only the gates' recurrent part here; the candidate's comes through U(i->j)
+        R = own_recurrent if own_recurrent is not None else (2 if kind == "gru" else G) * H
+        self.params = {"Wx": _weight(D, G * H, H, init_scale, rng, dtype),
+                       "b": Mat.zeros(1, G * H, dtype)}
+        if R:
+            self.params["Wh"] = _weight(H, R, H, init_scale, rng, dtype)
+        if kind == "gru" and own_recurrent is None:  # the candidate's own product, after reset
+            self.params["Whn"] = _weight(H, H, H, init_scale, rng, dtype)
+        if kind == "lstm":  # gate order i, f, o, g: start with the forget gate open
+            self.params["b"].w[0, H:2 * H] = forget_bias
+
+    def input_proj(self, g: Graph, x: Mat) -> Mat:
+        """x Wx + b for any number of rows (all time steps at once)."""
+        return g.add(g.matmul(x, self.params["Wx"]), self.params["b"])  # (N, G*H)
+
+    def zero_state(self, B: int, dtype) -> tuple:
+        n = 2 if self.kind == "lstm" else 1
+        return tuple(np.zeros((B, self.H), dtype) for _ in range(n))
+
+    def step(self, g: Graph, xp: Mat, state: tuple, rec: Mat | None = None) -> tuple:
+        """Advance one step from xp = x Wx + b; `rec` replaces the candidate's recurrent term (gf)."""
+        h = state[0]
+        if self.kind == "rnn":
+            pre = g.add(xp, rec if rec is not None else g.matmul(h, self.params["Wh"]))
+            return (g.relu(pre) if self.activation == "relu" else g.tanh(pre),)
+        if self.kind == "lstm":
+            return self._lstm(g, xp, h, state[1], rec)
+        return self._gru(g, xp, h, rec)
+
+    def _lstm(self, g, xp, h, c, rec):
+        H = self.H
+        if rec is None:
+            pre = g.add(xp, g.matmul(h, self.params["Wh"]))  # (B, 4H)
+            ifo, cand = g.split(pre, [3 * H, H])
+        else:
+            x_ifo, x_cand = g.split(xp, [3 * H, H])
+            ifo, cand = g.add(x_ifo, g.matmul(h, self.params["Wh"])), g.add(x_cand, rec)
+        i, f, o = g.split(g.sigmoid(ifo), [H, H, H])
+        c = g.add(g.eltmul(f, c), g.eltmul(i, g.tanh(cand)))
+        return g.eltmul(o, g.tanh(c)), c
+
+    def _gru(self, g, xp, h, rec):
+        H = self.H
+        x_zr, x_n = g.split(xp, [2 * H, H])
+        z, r = g.split(g.sigmoid(g.add(x_zr, g.matmul(h, self.params["Wh"]))), [H, H])
+        if rec is None:  # reset applied to h before the recurrent product
+            rec = g.matmul(g.eltmul(r, h), self.params["Whn"])
+        else:  # gated feedback: reset applied to the gated sum (Chung et al. 2015)
+            rec = g.eltmul(r, rec)
+        n = g.tanh(g.add(x_n, rec))
+        return (g.add(g.eltmul(g.one_minus(z), h), g.eltmul(z, n)),)
+
+
+class Stack:
+    """Plain layers, one after another: layer l's outputs over all steps feed layer l+1."""
+
+    def __init__(self, kind, D, hidden_sizes, rng, dtype=np.float32, **opts):
+        self.layers, self.params = [], {}
+        for l, H in enumerate(hidden_sizes):
+            layer = Layer(kind, D, H, rng, dtype, **opts)
+            self.layers.append(layer)
+            self.params.update({f"layer{l}.{k}": p for k, p in layer.params.items()})
+            D = H
+
+    def zero_state(self, B: int, dtype=np.float32) -> list:
+        return [layer.zero_state(B, dtype) for layer in self.layers]
+
+    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            xp = layer.input_proj(g, x)  # (T*B, G*H), one product for every step
+            s = tuple(Mat(a) for a in s)
+            outs = []
+            for t in range(T):
+                s = layer.step(g, g.rows(xp, t * B, (t + 1) * B), s)
+                outs.append(s[0])
+            new_state.append(s)
+            x = g.stack_rows(*outs) if len(outs) > 1 else outs[0]
+        return outs, new_state
+
+
+class GatedFeedbackStack:
+    """Gated-feedback layers (gf-rnn, gf-gru, gf-lstm): every layer reads every layer's h_{t-1}."""
+
+    def __init__(self, kind, D, hidden_sizes, rng, dtype=np.float32, gate="scalar", init_scale=0.0, **opts):
+        base = kind[3:]
+        L, sizes, total = len(hidden_sizes), list(hidden_sizes), sum(hidden_sizes)
+        self.kind, self.gate, self.sizes, self.layers, self.params = base, gate, sizes, [], {}
+        own = {"rnn": 0, "gru": 2, "lstm": 3}[base]  # recurrent blocks the layer keeps for itself
+        for j, H in enumerate(sizes):
+            layer = Layer(base, D, H, rng, dtype, init_scale=init_scale, own_recurrent=own * H, **opts)
+            width = L if gate == "scalar" else L * H  # one gate per source layer (per unit: vector)
+            p = layer.params
+            p["Wg"] = _weight(D, width, D, init_scale, rng, dtype)       # x_j -> gates
+            p["Ug"] = _weight(total, width, total, init_scale, rng, dtype)  # h*_{t-1} -> gates
+            if gate == "vector":
+                p["bg"] = Mat.zeros(1, width, dtype)
+            p["U"] = _weight(total, H, H, init_scale, rng, dtype)  # rows of source i: U(i->j)
+            self.layers.append(layer)
+            self.params.update({f"layer{j}.{k}": m for k, m in p.items()})
+            D = H
+
+    def zero_state(self, B: int, dtype=np.float32) -> list:
+        return [layer.zero_state(B, dtype) for layer in self.layers]
+
+    def _gated_sum(self, g: Graph, j: int, x: Mat, hs: list[Mat], hstar: Mat) -> Mat:
+        """sum_i g(i->j) * (h_i U(i->j)), gates from layer j's input and h*_{t-1}."""
+        p, L, H = self.layers[j].params, len(self.sizes), self.sizes[j]
+        pre = g.add(g.matmul(x, p["Wg"]), g.matmul(hstar, p["Ug"]))
+        if self.gate == "scalar":  # (B, L): scale each source before one product with U stacked
+            gates = g.sigmoid(pre)
+            gated = [g.eltmul(g.columns(gates, i, i + 1), h) for i, h in enumerate(hs)]
+            return g.matmul(g.concat(*gated) if L > 1 else gated[0], p["U"])
+        gates = g.sigmoid(g.add(pre, p["bg"]))  # (B, L*H): per-unit gates after each product
+        edges = np.cumsum([0] + self.sizes)
+        terms = [g.eltmul(g.columns(gates, i * H, (i + 1) * H), g.matmul(h, g.rows(p["U"], lo, hi)))
+                 for i, (h, lo, hi) in enumerate(zip(hs, edges[:-1], edges[1:]))]
+        out = terms[0]
+        for term in terms[1:]:
+            out = g.add(out, term)
+        return out
+
+    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
+        state = [tuple(Mat(a) for a in s) for s in state]
+        xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step
+        outs = []
+        for t in range(T):
+            hs = [s[0] for s in state]
+            hstar = g.concat(*hs) if len(hs) > 1 else hs[0]  # (B, sum H)
+            inp = g.rows(x, t * B, (t + 1) * B)
+            new = []
+            for j, layer in enumerate(self.layers):
+                xp = g.rows(xp0, t * B, (t + 1) * B) if j == 0 else layer.input_proj(g, inp)
+                rec = self._gated_sum(g, j, inp, hs, hstar)
+                new.append(layer.step(g, xp, state[j], rec))
+                inp = new[-1][0]
+            state = new
+            outs.append(inp)
+        return outs, state
+
+
+def make_stack(cell: str, D: int, hidden_sizes, rng: np.random.Generator, dtype=np.float32, **opts):
+    """A stack of `cell` layers ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+    if cell.startswith("gf-"):
+        return GatedFeedbackStack(cell, D, hidden_sizes, rng, dtype, **opts)
+    opts.pop("gate", None)
+    return Stack(cell, D, hidden_sizes, rng, dtype, **opts)

@@ -1,0 +1,97 @@
+"""The character model: embedding -> stacked recurrent cells -> linear decoder -> softmax.
+
+    model = CharModel(vocab_size=80, cell="lstm", hidden_sizes=[128, 128], rng=rng)
+    out = model.loss(inputs, targets, mask)          # (T, B) id arrays, time-major
+    out.graph.backward()                             # gradients in model.params[...].dw
+    logits, state = model.step(ids, state)           # sampling: one id per batch row
+
+The loss is summed over time steps and averaged over the batch, so batch 1
+reproduces RecurrentJS's numbers. Parameters have dotted names ("embed.W",
+"layer0.Wx", "decoder.W"). Only numpy is imported here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cells import make_stack
+from .graph import Graph, Mat
+
+
+class ShapeError(ValueError):
+    """Parameters that do not fit the model (e.g. a checkpoint from another configuration)."""
+
+
+@dataclass
+class LossResult:
+    loss: float          # summed over steps, averaged over the batch (what the gradient is of)
+    nats: float          # total negative log-likelihood over every predicted character
+    n_chars: int         # predicted characters (mask sum)
+    state: list          # final hidden state, detached numpy arrays, for truncated BPTT
+    graph: Graph
+
+
+class CharModel:
+    """Embedding (V, E) -> cells -> decoder (H_top, V) with bias."""
+
+    def __init__(self, vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
+                 activation: str = "tanh", gate: str = "scalar", forget_bias: float = 1.0,
+                 dtype: str = "float32", init_scale: float = 0.0, rng: np.random.Generator | None = None):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.V, self.dtype = vocab_size, np.dtype(dtype)
+        self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
+                                init_scale=init_scale, forget_bias=forget_bias, activation=activation)
+        H = hidden_sizes[-1]
+        embed_std = init_scale if init_scale > 0 else 1.0  # PyTorch's nn.Embedding draws N(0, 1)
+        self.params: dict[str, Mat] = {"embed.W": Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)}
+        self.params.update(self.stack.params)
+        scale = init_scale if init_scale > 0 else 1 / math.sqrt(H)
+        self.params["decoder.W"] = (Mat.randn(H, vocab_size, scale, rng, self.dtype) if init_scale > 0
+                                    else Mat.uniform(H, vocab_size, scale, rng, self.dtype))
+        self.params["decoder.b"] = Mat.zeros(1, vocab_size, self.dtype)
+
+    def zero_state(self, B: int) -> list:
+        return self.stack.zero_state(B, self.dtype)
+
+    def _logits(self, g: Graph, ids: np.ndarray, state: list) -> tuple[Mat, list]:
+        T, B = ids.shape
+        x = g.embed(self.params["embed.W"], ids.reshape(-1))  # (T*B, E)
+        outs, state = self.stack.forward(g, x, T, B, state)
+        top = g.stack_rows(*outs) if len(outs) > 1 else outs[0]  # (T*B, H): one decoder product
+        logits = g.add(g.matmul(top, self.params["decoder.W"]), self.params["decoder.b"])  # (T*B, V)
+        return logits, [tuple(m.w for m in s) for s in state]
+
+    def loss(self, inputs, targets, mask=None, state=None, needs_backprop: bool = True) -> LossResult:
+        """Loss of a batch of (T, B) sequences; `state` None starts from zeros."""
+        inputs, targets = np.asarray(inputs), np.asarray(targets)
+        T, B = inputs.shape
+        mask = np.ones((T, B), self.dtype) if mask is None else np.asarray(mask, self.dtype)
+        g = Graph(needs_backprop)
+        logits, state = self._logits(g, inputs, state if state is not None else self.zero_state(B))
+        loss = g.softmax_cross_entropy(logits, targets.reshape(-1), mask.reshape(-1), denom=B)
+        return LossResult(loss, loss * B, int(mask.sum()), state, g)
+
+    def step(self, ids, state=None) -> tuple[np.ndarray, list]:
+        """Next-character logits (B, V) after feeding one id per row; no gradient is recorded."""
+        ids = np.asarray(ids).reshape(1, -1)
+        g = Graph(needs_backprop=False)
+        logits, state = self._logits(g, ids, state if state is not None else self.zero_state(ids.shape[1]))
+        return logits.w, state
+
+    def load_params(self, arrays: dict[str, np.ndarray]) -> None:
+        """Copy named arrays into the parameters; any missing, extra or misshapen name is a ShapeError."""
+        missing, extra = sorted(set(self.params) - set(arrays)), sorted(set(arrays) - set(self.params))
+        if missing or extra:
+            raise ShapeError(f"parameters do not match the model: missing {missing}, unexpected {extra}")
+        for name, p in self.params.items():
+            a = np.asarray(arrays[name])
+            if a.shape != p.shape:
+                raise ShapeError(f"parameter {name} has shape {a.shape}, the model needs {p.shape}")
+            p.w = a.astype(self.dtype, copy=True)
+            p._dw = None
+
+    def n_params(self) -> int:
+        return sum(p.w.size for p in self.params.values())
