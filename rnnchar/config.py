@@ -1,0 +1,357 @@
+"""YAML -> typed, validated config: defaults <- YAML file <- ``section.key=value`` overrides.
+
+Defaults, validation rules and help text live in one place, the dataclasses below.
+PyYAML is used through ``safe_load`` only, so a config can never run code::
+
+    cfg = load_config("lstm.yaml", ["train.steps=5000", "model.hidden_sizes=[64, 48]"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config: unknown key, bad value, unreadable file. The message names the culprit."""
+
+
+class _Bad(Exception):
+    """Raised by a value check; carries what was expected."""
+
+
+# -- value checks: each returns the (coerced) value or raises _Bad(expected) --
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+
+
+def _rule(ok, what: str, convert=lambda v: v):
+    """A check: ``convert`` the value, then require ``ok``; any failure raises _Bad(what)."""
+    def check(v: Any) -> Any:
+        try:
+            v = convert(v)
+            good = ok(v)
+        except (TypeError, ValueError, OverflowError):
+            good = False
+        if not good:
+            raise _Bad(what)
+        return v
+    return check
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # YAML `yes` is a bool, not 1
+
+
+def _to_float(v: Any) -> float:
+    """int -> float; also a numeric string, since YAML 1.1 reads `1e-3` as text. Bools refused."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)) or (
+            isinstance(v, str) and not _NUMBER.fullmatch(v.strip())):
+        raise TypeError(v)
+    return float(v)
+
+
+def _int(minimum: int, what: str):
+    return _rule(lambda v: _is_int(v) and v >= minimum, what)
+
+
+def _float(ok, what: str):
+    return _rule(lambda v: math.isfinite(v) and ok(v), what, _to_float)
+
+
+def _choice(*options: str):
+    return _rule(lambda v: v in options, "one of " + ", ".join(options))
+
+
+POS_INT, NONNEG_INT = _int(1, "a positive integer"), _int(0, "a non-negative integer")
+OFF_INT = _int(0, "a non-negative integer (0 = off)")
+POS_FLOAT = _float(lambda x: x > 0, "a positive number")
+NONNEG_FLOAT = _float(lambda x: x >= 0, "a non-negative number")
+ANY_FLOAT = _float(lambda x: True, "a number")
+SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
+              "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
+PATH = _rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
+
+
+def _f(default: Any, check, help: str):
+    """A config field: default, value check and one-line help, together."""
+    meta = {"check": check, "help": help}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class _Section:
+    """Validates and coerces every field on construction (also via dataclasses.replace)."""
+
+    SECTION: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, f.metadata["check"](value))
+            except _Bad as bad:
+                raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {value!r}") from None
+
+
+@dataclass
+class ModelConfig(_Section):
+    """Network shape and initialisation."""
+
+    SECTION: ClassVar[str] = "model"
+    cell: str = _f("lstm", _choice(*CELLS), "recurrent cell: " + ", ".join(CELLS))
+    hidden_sizes: list[int] = _f([128, 128], SIZES, "hidden units per layer, bottom first; sizes may differ")
+    embed_size: int = _f(32, POS_INT, "size of the character embedding")
+    activation: str = _f("tanh", _choice("tanh", "relu"), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
+    gate: str = _f("scalar", _choice("scalar", "vector"), "gated feedback: scalar (paper) or vector gates")
+    forget_bias: float = _f(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
+    dtype: str = _f("float32", _choice("float32", "float64"), "floating-point precision of training")
+    init_scale: float = _f(0.0, NONNEG_FLOAT,
+                           "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
+
+
+@dataclass
+class DataConfig(_Section):
+    """Corpus and batching."""
+
+    SECTION: ClassVar[str] = "data"
+    corpus: str | None = _f(None, PATH, "training text file; null = the bundled sentence corpus")
+    mode: str = _f("sentences", _choice("sentences", "stream"), "sentences (one per line) or stream (BPTT)")
+    val_fraction: float = _f(0.05, _float(lambda x: 0 <= x < 1, "a number in [0, 1)"), "held-out fraction")
+    min_count: int = _f(1, POS_INT, "rarer characters map to the unknown token")
+    batch_size: int = _f(32, POS_INT, "sequences per batch (B)")
+    seq_len: int = _f(64, POS_INT, "stream mode: characters per BPTT window (T)")
+    max_line_len: int = _f(500, POS_INT, "sentences mode: maximum line length in characters")
+
+
+@dataclass
+class TrainConfig(_Section):
+    """Optimisation, schedule and bookkeeping."""
+
+    SECTION: ClassVar[str] = "train"
+    steps: int = _f(3000, NONNEG_INT, "number of optimizer updates")
+    optimizer: str = _f("rmsprop", _choice("rmsprop", "adam", "sgd"), "rmsprop (RecurrentJS), adam or sgd")
+    lr: float = _f(0.002, POS_FLOAT, "base learning rate")
+    regc: float = _f(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
+    clip: float = _f(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
+    clip_norm: float = _f(0.0, NONNEG_FLOAT, "global gradient-norm clip, 0 = off")
+    lr_schedule: str = _f("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
+    lr_decay: float = _f(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"), "step schedule: lr factor")
+    lr_decay_every: int = _f(1000, POS_INT, "step schedule: steps between decays")
+    warmup_steps: int = _f(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
+    eval_every: int = _f(250, OFF_INT, "validate every N steps, 0 = off")
+    sample_every: int = _f(500, OFF_INT, "show samples every N steps, 0 = off")
+    checkpoint_every: int = _f(250, OFF_INT, "save a checkpoint every N steps, 0 = off")
+    eval_max_chars: int = _f(100000, NONNEG_INT, "validation characters per eval, 0 = whole split")
+    seed: int = _f(1, NONNEG_INT, "seed for init, data split, batches and sampling")
+
+
+@dataclass
+class SampleConfig(_Section):
+    """Sampling from a trained model."""
+
+    SECTION: ClassVar[str] = "sample"
+    temp: float = _f(1.0, POS_FLOAT, "softmax temperature; lower = more conservative")
+    length: int = _f(300, NONNEG_INT, "maximum characters per sample")
+    n: int = _f(5, POS_INT, "number of samples")
+    top_k: int = _f(0, NONNEG_INT, "sample only from the k likeliest characters, 0 = all")
+
+
+@dataclass
+class Config:
+    """The whole resolved config: one dataclass per YAML section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+SECTIONS: dict[str, type] = {cls.SECTION: cls for cls in (ModelConfig, DataConfig, TrainConfig, SampleConfig)}
+ALL_KEYS: list[str] = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def _suggest(name: str) -> str:
+    """' (did you mean 'x.y'?)' for the closest valid key or section, else ''."""
+    bare = name.rsplit(".", 1)[-1]
+    same_key = [k for k in ALL_KEYS if k.endswith("." + bare)]
+    match = same_key or difflib.get_close_matches(name, ALL_KEYS + list(SECTIONS), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _check_known(section: Any, key: Any = None) -> None:
+    if section not in SECTIONS:
+        hint = _suggest(str(section)) or f" (sections: {', '.join(SECTIONS)})"
+        raise ConfigError(f"unknown section '{section}'{hint}")
+    if key is not None and f"{section}.{key}" not in ALL_KEYS:
+        raise ConfigError(f"unknown key '{section}.{key}'{_suggest(f'{section}.{key}')}")
+
+
+def _build(raw: Any, where: str = "config") -> Config:
+    """Validate a {section: {key: value}} mapping into a Config; missing keys take defaults."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: not a config: expected a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    for section, values in raw.items():
+        try:
+            _check_known(section)
+            if values is not None and not isinstance(values, dict):
+                raise ConfigError(f"section '{section}' must be a mapping of keys, got {values!r}")
+            for key in values or {}:
+                _check_known(section, key)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return Config(**{section: SECTIONS[section](**(values or {})) for section, values in raw.items()})
+
+
+def _dir_of(package: str, top_level: str) -> Path:
+    """The folder of a bundled data package: installed (also as a namespace package) or source tree."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    found = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    fallback = Path(__file__).resolve().parent.parent / top_level  # editable install, source checkout
+    return next((p for p in found if p.is_dir()), fallback)
+
+
+def bundled_config_dir() -> Path:
+    """Folder of the bundled ``*.yaml`` configs (``--config lstm.yaml`` works from anywhere)."""
+    return _dir_of("rnnchar.configs", "configs")
+
+
+def bundled_corpus_path() -> Path:
+    """The bundled training text, used when ``data.corpus`` is null."""
+    return _dir_of("rnnchar.corpora", "corpora") / "sentences.txt"
+
+
+def resolve_config_path(name: str) -> Path:
+    """An existing file (relative to the cwd) first, then a bundled config, with or without .yaml."""
+    given = Path(os.path.expanduser(str(name)))
+    if given.is_file():
+        return given.resolve()
+    if given.is_dir():
+        raise ConfigError(f"config {name}: is a directory, not a YAML file")
+    bundled = bundled_config_dir()
+    for candidate in (bundled / str(name), bundled / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    names = sorted(p.name for p in bundled.glob("*.yaml")) if bundled.is_dir() else []
+    close = difflib.get_close_matches(str(name), names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"config {name}: no such file and no bundled config of that name "
+                      f"(bundled configs: {', '.join(names) or 'none'}){hint}")
+
+
+def _read_yaml(path: Path) -> Any:
+    """Safely parse a config file into {section: {key: value}}; corpus made absolute."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{path}: unsupported YAML tag (plain YAML only): {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from None
+    raw = {} if raw is None else raw
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("corpus"), str) and data["corpus"] not in ("", "-"):
+        data["corpus"] = os.path.abspath(path.parent / os.path.expanduser(data["corpus"]))
+    return raw
+
+
+def _corpus_from_text(text: str) -> str | None:
+    """An override's corpus: null/empty -> None (bundled), '-' -> stdin, else an absolute path."""
+    if text in ("", "null", "~"):
+        return None
+    return text if text == "-" else os.path.abspath(os.path.expanduser(text))
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    """Apply one ``section.key=value`` (value parsed as YAML) onto the raw mapping."""
+    dotted, eq, text = item.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not eq or not dot or not key or "." in key:
+        raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.steps=5000)"
+                          f"{_suggest(dotted.strip()) if dotted.strip() else ''}")
+    _check_known(section, key)
+    if (section, key) == ("data", "corpus"):  # a path, kept as text, relative to the cwd
+        value = _corpus_from_text(text.strip())
+    else:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from None
+    if raw.get(section) is None:
+        raw[section] = {}
+    if isinstance(raw[section], dict):  # else _build reports the broken section
+        raw[section][key] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file (a path or a bundled name) <- overrides, all validated."""
+    file = resolve_config_path(str(path)) if path is not None else None
+    raw = _read_yaml(file) if file is not None else {}
+    for item in overrides if isinstance(raw, dict) else ():
+        _apply_override(raw, item)
+    return _build(raw, str(file) if file is not None else "config")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain, JSON-able nested dict."""
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Strict inverse of config_to_dict (e.g. the config stored in a checkpoint)."""
+    return _build(d)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, flow-style lists: ``hidden_sizes: [128, 128]``."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    """The resolved config as readable YAML (loadable again by load_config)."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def lr_at(train: TrainConfig, step: int) -> float:
+    """Learning rate for update number ``step`` (0-based): schedule x linear warmup.
+
+    constant: lr; step: lr * lr_decay ** (step // lr_decay_every);
+    cosine: from lr down to 0.1 * lr at step == train.steps (then flat).
+    Warmup multiplies by (step + 1) / warmup_steps for the first warmup_steps updates.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    lr = train.lr
+    if train.lr_schedule == "step":
+        lr *= train.lr_decay ** (step // train.lr_decay_every)
+    elif train.lr_schedule == "cosine" and train.steps > 0:
+        progress = min(step, train.steps) / train.steps
+        lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if step < train.warmup_steps:
+        lr *= (step + 1) / train.warmup_steps
+    return lr
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default as text, one-line help) for every config key."""
+    defaults = config_to_dict(Config())
+    return [(f"{s}.{f.name}", "null" if defaults[s][f.name] is None else str(defaults[s][f.name]),
+             f.metadata["help"]) for s, cls in SECTIONS.items() for f in fields(cls)]
