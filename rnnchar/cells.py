@@ -73,16 +73,9 @@ class Layer:
         return self._gru(g, xp, h, rec)
 
     def _lstm(self, g, xp, h, c, rec):
-        H = self.H
-        if rec is None:
-            pre = g.add(xp, g.matmul(h, self.params["Wh"]))  # (B, 4H)
-            ifo, cand = g.split(pre, [3 * H, H])
-        else:
-            x_ifo, x_cand = g.split(xp, [3 * H, H])
-            ifo, cand = g.add(x_ifo, g.matmul(h, self.params["Wh"])), g.add(x_cand, rec)
-        i, f, o = g.split(g.sigmoid(ifo), [H, H, H])
-        c = g.add(g.eltmul(f, c), g.eltmul(i, g.tanh(cand)))
-        return g.eltmul(o, g.tanh(c)), c
+        own = g.matmul(h, self.params["Wh"])  # (B, 4H), or (B, 3H) for i, f, o when gated feedback
+        pre = g.add(xp, own if rec is None else g.concat(own, rec))
+        return g.lstm_gates(pre, c)  # (h, c)
 
     def _gru(self, g, xp, h, rec):
         H = self.H
@@ -101,10 +94,10 @@ class Stack:
 
     def __init__(self, kind, D, hidden_sizes, rng, dtype=np.float32, **opts):
         self.layers, self.params = [], {}
-        for l, H in enumerate(hidden_sizes):
+        for j, H in enumerate(hidden_sizes):
             layer = Layer(kind, D, H, rng, dtype, **opts)
             self.layers.append(layer)
-            self.params.update({f"layer{l}.{k}": p for k, p in layer.params.items()})
+            self.params.update({f"layer{j}.{k}": p for k, p in layer.params.items()})
             D = H
 
     def zero_state(self, B: int, dtype=np.float32) -> list:
@@ -113,6 +106,7 @@ class Stack:
     def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
         new_state = []
         for layer, s in zip(self.layers, state):
+            g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Whn")))
             xp = layer.input_proj(g, x)  # (T*B, G*H), one product for every step
             s = tuple(Mat(a) for a in s)
             outs = []
@@ -167,6 +161,8 @@ class GatedFeedbackStack:
 
     def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
         state = [tuple(Mat(a) for a in s) for s in state]
+        for layer in self.layers:  # weights used at every step: one gradient product each
+            g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Ug", "U", "Wx", "Wg")))
         xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step
         outs = []
         for t in range(T):

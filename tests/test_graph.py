@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from gradcheck import numeric_grad, rel_error
 from rnnchar import Graph, Mat
 from rnnchar.graph import OPS
+
+from gradcheck import numeric_grad, rel_error
 
 RNG = np.random.default_rng(0)
 
@@ -48,18 +49,32 @@ CASES = {
                                       lambda g, z: g.softmax_cross_entropy(z, TARGETS, denom=2.0)),
     "softmax_cross_entropy/mask": lambda: ([m(4, 5, lo=-3, hi=3)],
                                            lambda g, z: g.softmax_cross_entropy(z, TARGETS, MASK)),
+    "lstm_gates": lambda: ([m(3, 8, lo=-2, hi=2), m(3, 2)], lambda g, pre, c: g.lstm_gates(pre, c)),
+    "lstm_gates/h-only": lambda: ([m(3, 8, lo=-2, hi=2), m(3, 2)], lambda g, pre, c: g.lstm_gates(pre, c)[0]),
+    "defer_grads": lambda: ([m(2, 3), m(3, 3)], _deferred_recurrence),
     "reuse/same-input-twice": lambda: ([m(3, 3)], lambda g, a: g.eltmul(g.tanh(a), g.matmul(a, a))),
 }
 
 
+def _deferred_recurrence(g, h, W):
+    """Three steps of h <- tanh(h W) with W's gradient batched over the steps."""
+    g.defer_grads(W)
+    for _ in range(3):
+        h = g.tanh(g.matmul(h, W))
+    return h
+
+
 def scalar_loss(case_fn, inputs, proj, record=True):
-    """Run the op in a fresh graph; a Mat output is projected to a scalar with fixed weights."""
+    """Run the op in a fresh graph; Mat outputs are projected to a scalar with fixed weights."""
     g = Graph(needs_backprop=record)
     out = case_fn(g, *inputs)
     if isinstance(out, float):
         return g, out
-    out.dw = proj(out.w.shape)
-    return g, float(np.sum(out.w * out.dw))
+    total = 0.0
+    for k, o in enumerate(out if isinstance(out, tuple) else (out,)):
+        o.dw = proj((k,) + o.w.shape)
+        total += float(np.sum(o.w * o.dw))
+    return g, total
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -68,10 +83,10 @@ def test_op_gradient_matches_finite_differences(name):
     proj_rng = np.random.default_rng(1)
     cache = {}
 
-    def proj(shape):
-        if shape not in cache:
-            cache[shape] = proj_rng.standard_normal(shape)
-        return cache[shape].copy()
+    def proj(key):
+        if key not in cache:
+            cache[key] = proj_rng.standard_normal(key[1:])
+        return cache[key].copy()
 
     g, _ = scalar_loss(fn, inputs, proj)
     g.backward()
@@ -150,3 +165,21 @@ def test_numeric_core_imports_only_numpy():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_deferred_weight_gradient_equals_per_step_gradient():
+    rng = np.random.default_rng(5)
+    h0, W = rng.standard_normal((4, 3)), rng.standard_normal((3, 3)) * 0.5
+    grads = []
+    for defer in (False, True):
+        hm, Wm = Mat(h0.copy()), Mat(W.copy())
+        g = Graph()
+        if defer:
+            g.defer_grads(Wm)
+        h = hm
+        for _ in range(5):
+            h = g.tanh(g.matmul(h, Wm))
+        h.dw = np.ones_like(h.w)
+        g.backward()
+        grads.append((Wm.dw.copy(), hm.dw.copy()))
+    assert np.allclose(grads[0][0], grads[1][0]) and np.allclose(grads[0][1], grads[1][1])
