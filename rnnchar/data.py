@@ -1,0 +1,428 @@
+"""Text -> ids -> batches: vocabulary, strict reading, sentence and stream batching, big-file encoding.
+
+NumPy and the standard library only; nothing prints (functions return counts, callers report).
+Input problems a person can fix raise `DataError`, whose message says what and where.
+
+    lines, n_split = sentence_lines(read_text("corpus.txt"), max_len=500)
+    vocab = Vocab.build(lines, min_count=1)
+    batch = SentenceBatcher(encode_sentences(lines, vocab), batch_size=32).batch(rng)  # (T, B)
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BOUNDARY = 0  # start/end-of-sentence token id
+UNKNOWN = 1  # id for characters below min_count or unseen at training time
+
+
+class DataError(ValueError):
+    """A problem with input text a person can fix; the message says what and where."""
+
+
+def _code_points(text: str) -> np.ndarray:
+    """(n,) uint32 code points of `text`, with no Python loop per character."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def _count_code_points(texts: Iterable[str], flush_chars: int = 1 << 20) -> np.ndarray:
+    """(max code point + 1,) int64 counts; short texts are joined so each bincount sees many chars."""
+    counts, pending, n_pending = np.zeros(0, dtype=np.int64), [], 0
+    for text in texts:
+        pending.append(text)
+        n_pending += len(text)
+        if n_pending >= flush_chars:
+            counts, pending, n_pending = _add_counts(counts, "".join(pending)), [], 0
+    return _add_counts(counts, "".join(pending))
+
+
+def _add_counts(counts: np.ndarray, text: str) -> np.ndarray:
+    new = np.bincount(_code_points(text))
+    counts = np.pad(counts, (0, max(len(new) - len(counts), 0)))
+    counts[: len(new)] += new
+    return counts
+
+
+class Vocab:
+    """Known characters, sorted by code point: chars[k] has id k + 2; 0 is BOUNDARY, 1 UNKNOWN."""
+
+    def __init__(self, chars: Iterable[str]):
+        chars = list(chars)
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1 or 0xD800 <= ord(c) <= 0xDFFF:
+                raise ValueError(f"a vocabulary character must be one code point (no surrogate), got {c!r}")
+        self.chars: tuple[str, ...] = tuple(sorted(set(chars)))
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # (V - 2,) sorted
+        self._table = np.concatenate([[0, 0xFFFD], self._codes]).astype("<u4")  # (V,) id -> code point
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_count: int = 1) -> Vocab:
+        """Count code points over all texts; characters seen fewer than min_count times are left out."""
+        return cls._from_counts(_count_code_points(texts), min_count)
+
+    @classmethod
+    def _from_counts(cls, counts: np.ndarray, min_count: int) -> Vocab:
+        codes = np.flatnonzero(counts >= max(min_count, 1))
+        return cls(chr(c) for c in codes.tolist() if not 0xD800 <= c <= 0xDFFF)  # lone surrogates: UNKNOWN
+
+    def __len__(self) -> int:
+        return len(self.chars) + 2
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Vocab) and self.chars == other.chars
+
+    def __hash__(self) -> int:
+        return hash(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        """(n,) int32 ids of the n code points of `text`; unknown characters -> UNKNOWN."""
+        cps = _code_points(text)  # (n,)
+        if len(self._codes) == 0:
+            return np.full(len(cps), UNKNOWN, dtype=np.int32)
+        pos = np.minimum(np.searchsorted(self._codes, cps), len(self._codes) - 1)  # (n,)
+        return np.where(self._codes[pos] == cps, pos + 2, UNKNOWN).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        """Text of `ids`: BOUNDARY -> "" and UNKNOWN -> U+FFFD."""
+        ids = np.asarray(ids).ravel()
+        if ids.size == 0:
+            return ""
+        if (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= len(self)):
+            raise ValueError(f"ids must be integers in 0..{len(self) - 1}")
+        return self._table[ids[ids != BOUNDARY]].tobytes().decode("utf-32-le")
+
+    def count_unknown(self, text: str) -> int:
+        """How many characters of `text` map to UNKNOWN."""
+        return int(np.count_nonzero(self.encode(text) == UNKNOWN))
+
+    def to_array(self) -> np.ndarray:
+        """(V - 2,) int64 code points, for the checkpoint."""
+        return self._codes.astype(np.int64)
+
+    @classmethod
+    def from_array(cls, arr) -> Vocab:
+        """Inverse of to_array; DataError unless a 1-D, strictly increasing array of code points."""
+        arr = np.asarray(arr)
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise DataError(f"vocabulary must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+        arr = arr.astype(np.int64)
+        if np.any((arr < 0) | (arr > 0x10FFFF)):
+            raise DataError("vocabulary holds a value outside the Unicode range 0..0x10FFFF")
+        if np.any(np.diff(arr) <= 0):
+            raise DataError("vocabulary code points are not strictly increasing")
+        if np.any((arr >= 0xD800) & (arr <= 0xDFFF)):
+            raise DataError("vocabulary holds a surrogate code point (U+D800..U+DFFF)")
+        return cls(map(chr, arr.tolist()))
+
+
+_WHY = {FileNotFoundError: "no such file", IsADirectoryError: "it is a directory, not a text file",
+        PermissionError: "permission denied"}
+
+
+def _read_error(name, err: OSError) -> DataError:
+    return DataError(f"cannot read {name}: {_WHY.get(type(err), err.strerror or str(err))}")
+
+
+def _utf8_error(name, offset: int, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"{name}: not valid UTF-8 at byte offset {offset} (byte 0x{err.object[err.start]:02x}: "
+                     f"{err.reason}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8")
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text(path) -> str:
+    """Whole text of a file (or stdin for "-"): strict UTF-8, leading BOM dropped, CRLF/CR -> LF."""
+    name = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+    except OSError as err:
+        raise _read_error(name, err) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _utf8_error(name, err.start, err) from None
+    return _normalise_newlines(text.removeprefix("\ufeff"))
+
+
+def sentence_lines(text: str, max_len: int) -> tuple[list[str], int]:
+    """Sentences of `text`, one per line, and how many lines were split.
+
+    Lines are cut at "\\n" only (read_text normalised newlines); trailing whitespace is stripped and
+    lines left empty are dropped. Long lines: a line longer than max_len characters is split into
+    consecutive pieces of at most max_len characters, each its own sentence, so no text is lost.
+    Returns (lines, number_of_lines_split).
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    lines, n_split = [], 0
+    for line in text.split("\n"):
+        line = line.rstrip()
+        n_split += len(line) > max_len
+        lines.extend(line[i : i + max_len] for i in range(0, len(line), max_len))
+    return lines, n_split
+
+
+def split_train_val(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """(train, val), deterministic from seed; each keeps the original order of its items.
+
+    val gets round(len * val_fraction) items, at least 1 when val_fraction > 0 and len >= 2, and
+    at most len - 1 so that train is never empty.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(items)
+    n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 2))
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n)[: min(n_val, max(n - 1, 0))]] = True
+    train = [x for x, v in zip(items, is_val, strict=True) if not v]
+    return train, [x for x, v in zip(items, is_val, strict=True) if v]
+
+
+@dataclass
+class Batch:
+    """One batch, time-major: targets[t] is what the model should predict after reading inputs[t]."""
+
+    inputs: np.ndarray  # (T, B) int32 ids
+    targets: np.ndarray  # (T, B) int32 ids
+    mask: np.ndarray  # (T, B) float32: 1.0 where a target is predicted, 0.0 for padding
+    reset: bool  # True: the caller must start from a zero hidden state
+
+    @property
+    def n_chars(self) -> int:
+        """Number of predicted characters (= mask.sum())."""
+        return int(np.count_nonzero(self.mask))
+
+
+def encode_sentences(lines: list[str], vocab: Vocab) -> list[np.ndarray]:
+    """Each line -> int32 [BOUNDARY, c1, ..., cn, BOUNDARY], as views into one shared buffer."""
+    lengths = np.array([len(line) for line in lines], dtype=np.int64)  # (N,)
+    ids = vocab.encode("".join(lines))  # (sum lengths,)
+    starts = np.concatenate([[0], np.cumsum(lengths + 2)])  # (N + 1,) where each sentence starts
+    buf = np.full(starts[-1], BOUNDARY, dtype=np.int32)
+    line_of_char = np.repeat(np.arange(len(lines)), lengths)  # (sum lengths,)
+    buf[np.arange(len(ids)) + 2 * line_of_char + 1] = ids
+    return [buf[starts[i] : starts[i + 1]] for i in range(len(lines))]
+
+
+def pad_batch(seqs: list[np.ndarray]) -> Batch:
+    """Batch of encoded sentences: inputs seq[:-1], targets seq[1:], padded with masked BOUNDARY."""
+    if not seqs or min(len(s) for s in seqs) < 2:
+        raise ValueError("pad_batch needs at least one sequence, each of at least 2 ids")
+    T, B = max(len(s) for s in seqs) - 1, len(seqs)
+    inputs = np.full((T, B), BOUNDARY, dtype=np.int32)  # (T, B)
+    targets = np.full((T, B), BOUNDARY, dtype=np.int32)  # (T, B)
+    mask = np.zeros((T, B), dtype=np.float32)  # (T, B)
+    for b, seq in enumerate(seqs):
+        n = len(seq) - 1
+        inputs[:n, b], targets[:n, b], mask[:n, b] = seq[:-1], seq[1:], 1.0
+    return Batch(inputs, targets, mask, reset=True)
+
+
+class SentenceBatcher:
+    """Random batches of B sentences of similar length; no state but the caller's rng.
+
+    Sentences are kept sorted by length. A batch cuts that order into buckets of ~4B neighbours at
+    a random offset, picks a bucket with probability proportional to its size, then B distinct
+    sentences in it: little padding, random composition, and each sentence has the same chance
+    B/N to be in a batch (the shortest and longest ones are not under-sampled).
+    """
+
+    def __init__(self, seqs: list[np.ndarray], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not seqs:
+            raise DataError("no sentences to batch: the corpus has no non-empty lines")
+        if batch_size > len(seqs):
+            raise DataError(f"batch_size {batch_size} is larger than the number of sentences ({len(seqs)}); "
+                            "use a smaller batch_size or a bigger corpus")
+        self.seqs, self.batch_size = seqs, batch_size
+        self._order = np.argsort([len(s) for s in seqs], kind="stable")  # (N,) shortest first
+
+    def batch(self, rng: np.random.Generator) -> Batch:
+        """A random batch; the same rng state gives the same batch."""
+        N, B = len(self.seqs), self.batch_size
+        W = min(N, 4 * B)  # bucket width, >= B
+        edges = np.unique(np.concatenate([[0], np.arange(rng.integers(W), N, W), [N]]))
+        if len(edges) > 2 and edges[1] - edges[0] < B:  # a short first bucket joins the next
+            edges = np.delete(edges, 1)
+        if len(edges) > 2 and edges[-1] - edges[-2] < B:  # a short last bucket joins the previous
+            edges = np.delete(edges, -2)
+        k = np.searchsorted(edges, rng.integers(N), side="right") - 1  # bucket of a uniform position
+        chosen = edges[k] + rng.choice(edges[k + 1] - edges[k], size=B, replace=False)  # (B,)
+        return pad_batch([self.seqs[i] for i in self._order[chosen]])
+
+    def iter_all(self) -> Iterator[Batch]:
+        """Every sentence once, shortest first, in batches of batch_size (the last may be smaller)."""
+        for i in range(0, len(self.seqs), self.batch_size):
+            yield pad_batch([self.seqs[j] for j in self._order[i : i + self.batch_size]])
+
+
+class StreamBatcher:
+    """B parallel streams through one long id sequence, in windows of seq_len (truncated BPTT).
+
+    Stream b reads ids[b*L : (b+1)*L] and predicts ids[b*L + 1 : (b+1)*L + 1], L = (len(ids)-1)//B,
+    so column b's hidden state after window k is the right start for window k + 1. The last window
+    of an epoch is shorter when seq_len does not divide L; at most B - 1 final ids are never read.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        if getattr(ids, "ndim", None) != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError("ids must be a 1-D integer array")
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be at least 1, got {batch_size}, {seq_len}")
+        needed = batch_size * seq_len + 1
+        if len(ids) < needed:
+            raise DataError(f"the text is too short for {batch_size} streams of {seq_len}+1 characters: "
+                            f"needs at least {needed} characters (batch_size x seq_len + 1), has {len(ids)}; "
+                            "use a smaller batch_size or seq_len")
+        self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len  # ids is never copied whole
+        self.stream_len = (len(ids) - 1) // batch_size  # L
+        self.windows_per_epoch = -(-self.stream_len // seq_len)
+
+    def batch(self, step: int) -> Batch:
+        """Window step % windows_per_epoch of every stream; reset=True on the first window."""
+        k = step % self.windows_per_epoch
+        t0 = k * self.seq_len
+        T = min(self.seq_len, self.stream_len - t0)
+        pos = np.arange(self.batch_size) * self.stream_len + t0 + np.arange(T + 1)[:, None]  # (T+1, B)
+        block = np.asarray(self.ids[pos], dtype=np.int32)  # (T+1, B): reads only these ids
+        return Batch(block[:-1], block[1:].copy(), np.ones((T, self.batch_size), np.float32), reset=k == 0)
+
+    def iter_all(self) -> Iterator[Batch]:
+        """One pass over all windows in order (reset only on the first)."""
+        return (self.batch(k) for k in range(self.windows_per_epoch))
+
+
+def _iter_text_chunks(path: Path, chunk_bytes: int) -> Iterator[str]:
+    """A file's text chunk by chunk: strict UTF-8, leading BOM dropped, CRLF/CR -> LF."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, carry, at_start = 0, "", True  # bytes read so far; a held-back trailing "\r"
+    try:
+        with open(path, "rb") as f:
+            while True:
+                data = f.read(chunk_bytes)
+                pending = len(decoder.getstate()[0])  # undecoded bytes kept from the last chunk
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as err:
+                    raise _utf8_error(path, offset - pending + err.start, err) from None
+                offset += len(data)
+                if at_start and text:
+                    text, at_start = text.removeprefix("\ufeff"), False
+                text, carry = carry + text, ""
+                if data and text.endswith("\r"):  # maybe the first half of a CRLF split by the chunk
+                    text, carry = text[:-1], "\r"
+                if text:
+                    yield _normalise_newlines(text)
+                if not data:
+                    return
+    except OSError as err:
+        raise _read_error(path, err) from None
+
+
+def _encode_into(out: np.ndarray, path: Path, vocab: Vocab, chunk_chars: int, stat: os.stat_result) -> None:
+    """Pass 2: encode the file chunk by chunk into `out`, which pass 1 sized."""
+    pos = 0
+    for text in _iter_text_chunks(path, chunk_chars):
+        ids = vocab.encode(text)  # (chunk,)
+        if pos + len(ids) > len(out):
+            break
+        out[pos : pos + len(ids)] = ids
+        pos += len(ids)
+    now = path.stat()
+    if pos != len(out) or (now.st_size, now.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        raise DataError(f"{path} changed while it was being encoded; try again")
+
+
+def _save_atomically(final: Path, write) -> None:
+    """write(tmp) then rename tmp over final, so no reader ever sees a half-written cache file."""
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise DataError(f"cannot write the id cache {final}: {err.strerror or err}") from err
+        raise
+
+
+def _write_memmap(tmp: Path, n: int, dtype, path: Path, vocab: Vocab, chunk_chars: int, stat) -> None:
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n,))
+    _encode_into(out, path, vocab, chunk_chars, stat)
+    out.flush()
+    del out  # unmap before the rename
+
+
+def _cache_paths(path: Path, stat: os.stat_result, vocab: Vocab | None, min_count: int, cache_dir) -> tuple:
+    """cache_dir/{ids,vocab}-<hash of absolute path, size, mtime_ns and vocab (or min_count)>.npy"""
+    where = f"rnnchar-ids-v1\0{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+    h = hashlib.sha256(where.encode("utf-8", "surrogateescape"))
+    h.update(f"min_count={min_count}".encode() if vocab is None else vocab.to_array().tobytes())
+    key = h.hexdigest()[:24]
+    return Path(cache_dir) / f"ids-{key}.npy", Path(cache_dir) / f"vocab-{key}.npy"
+
+
+def _load_cache(ids_path: Path, vocab_path: Path, vocab: Vocab | None) -> tuple[Vocab, np.ndarray] | None:
+    if not ids_path.exists() or (vocab is None and not vocab_path.exists()):
+        return None
+    try:
+        if vocab is None:
+            vocab = Vocab.from_array(np.load(vocab_path, allow_pickle=False))
+        return vocab, np.load(ids_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # unreadable cache: encode again over it
+
+
+def encode_file_to_ids(path, vocab: Vocab | None, min_count: int, cache_dir,
+                       chunk_chars: int = 1 << 22) -> tuple[Vocab, np.ndarray]:
+    """(vocab, ids) of a large file read in chunks of chunk_chars bytes; memory grows only with ids.
+
+    Pass 1 decodes the file (strict UTF-8, BOM dropped, CRLF/CR -> LF) to count its characters and,
+    if vocab is None, to build the Vocab with min_count. Pass 2 encodes it chunk by chunk into
+    cache_dir/ids-<hash>.npy (uint8/uint16/int32 by vocabulary size), returned memory-mapped
+    read-only. The hash covers the absolute path, size, mtime_ns and vocab (or min_count; the built
+    vocab is then cached beside the ids), so a second call reuses the cache without reading the
+    file. Cache files are written atomically. With cache_dir None the ids are an in-memory array.
+    """
+    if str(path) == "-":
+        raise DataError("a stream corpus to encode must be a file, not stdin (-)")
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise _read_error(path, err) from None
+    if cache_dir is not None:
+        ids_path, vocab_path = _cache_paths(path, stat, vocab, min_count, cache_dir)
+        if (cached := _load_cache(ids_path, vocab_path, vocab)) is not None:
+            return cached
+    built = vocab is None
+    if built:  # pass 1: count the characters (and each code point, for the vocab)
+        counts = _count_code_points(_iter_text_chunks(path, chunk_chars))
+        vocab, n = Vocab._from_counts(counts, min_count), int(counts.sum())
+    else:
+        n = sum(len(text) for text in _iter_text_chunks(path, chunk_chars))
+    dtype = np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.int32
+    if cache_dir is None:
+        out = np.empty(n, dtype=dtype)  # (n,)
+        _encode_into(out, path, vocab, chunk_chars, stat)
+        return vocab, out
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the cache directory {cache_dir}: {err.strerror or err}") from None
+    _save_atomically(ids_path, lambda tmp: _write_memmap(tmp, n, dtype, path, vocab, chunk_chars, stat))
+    if built:
+        _save_atomically(vocab_path, lambda tmp: np.save(tmp, vocab.to_array()))
+    return vocab, np.load(ids_path, mmap_mode="r", allow_pickle=False)
