@@ -10,7 +10,6 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -23,3 +22,12 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info rnnchar.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+CONFIG ?= lstm
+train: $(STAMP)  ## set up and train the bundled default (resumes a finished or interrupted run)
+	@if [ -f runs/$(CONFIG)/last.npz ]; then resume=--resume; fi; \
+	$(BIN)/rnnchar train --config $(CONFIG) $$resume
+	$(BIN)/rnnchar sample --temp 0.7 -n 10
+
+bench: $(STAMP)  ## speed, memory and quality benchmarks, JSON lines on stdout
+	$(BIN)/python -m rnnchar.bench $(BENCH_ARGS)

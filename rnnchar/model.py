@@ -46,7 +46,8 @@ class CharModel:
                                 init_scale=init_scale, forget_bias=forget_bias, activation=activation)
         H = hidden_sizes[-1]
         embed_std = init_scale if init_scale > 0 else 1.0  # PyTorch's nn.Embedding draws N(0, 1)
-        self.params: dict[str, Mat] = {"embed.W": Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)}
+        embed = Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)
+        self.params: dict[str, Mat] = {"embed.W": embed}
         self.params.update(self.stack.params)
         scale = init_scale if init_scale > 0 else 1 / math.sqrt(H)
         self.params["decoder.W"] = (Mat.randn(H, vocab_size, scale, rng, self.dtype) if init_scale > 0

@@ -1,0 +1,252 @@
+"""The `rnnchar` command: train, sample and eval character-level recurrent language models.
+
+    rnnchar train --config lstm.yaml
+    rnnchar sample --temp 0.7 -n 20 | sort | uniq -c
+    cat held_out.txt | rnnchar eval - --json
+
+stdout carries results only; logs, progress and warnings go to stderr. Exit
+codes: 0 success, 1 a failure of data or state, 2 a bad invocation, 130 after
+Ctrl-C (training saves last.npz first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
+from .data import DataError
+from .model import ShapeError
+from .runs import RunLock, find_checkpoint, load_model
+from .train import TrainingDiverged, open_trainer, train
+
+log = logging.getLogger("rnnchar")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines on stderr that do not tear the progress bar."""
+
+    def emit(self, record):
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(quiet: bool) -> None:
+    log.handlers[:] = [_TqdmHandler()]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+class _Cli(click.Group):
+    """Turns domain errors into exit codes at the edge, the same for every command."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            raise click.UsageError(str(e), ctx) from None
+        except (DataError, CheckpointError, ShapeError, TrainingDiverged) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("rnnchar: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
+        except BrokenPipeError:  # `rnnchar sample | head -1`: the reader left; end quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from None
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rnnchar")
+def main():
+    """Character-level recurrent language models (RNN, LSTM, GRU, gated feedback) on a NumPy autodiff core.
+
+    \b
+    rnnchar train --config lstm.yaml            # bundled config and corpus
+    rnnchar sample --temp 0.7 -n 10             # sentences from the newest run
+    rnnchar eval notes.txt --json               # bits per char of a text
+    """
+
+
+class _StopFlag:
+    """First Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    def handle(self, signum, frame):
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+        log.warning("stopping: saving the checkpoint (press Ctrl-C again to abort without saving)")
+
+
+@main.command("train")
+@click.option("--config", "-c", "config_name", metavar="YAML",
+              help="Config file, or a bundled name: rnn, lstm, gru, gf-rnn, gf-gru, gf-lstm, demo.")
+@click.option("--corpus", metavar="FILE|-", help="Training text (overrides data.corpus); - reads stdin.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config key (repeatable; the value is read as YAML).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where checkpoints and metrics go [default: runs/<config name>].")
+@click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
+@click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
+def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
+    """Train a model; checkpoints go to runs/<config name>/ (last.npz, best.npz, metrics.jsonl).
+
+    \b
+    rnnchar train --config lstm.yaml
+    rnnchar train --config gru.yaml --corpus my.txt --set train.steps=5000
+    rnnchar train --config lstm.yaml --resume --set train.steps=6000
+    rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
+    """
+    _setup_logging(quiet)
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    path = resolve_config_path(config_name) if config_name else None
+    cfg = load_config(path, sets)
+    if corpus is not None:
+        if corpus != "-" and not Path(corpus).is_file():
+            raise click.BadParameter(f"{corpus} is not a readable file", param_hint="--corpus")
+        cfg.data.corpus = corpus if corpus == "-" else str(Path(corpus).resolve())
+    run_dir = run_dir or Path("runs") / (path.stem if path else "default")
+    if (run_dir / "last.npz").exists() and not (resume or overwrite):
+        raise click.ClickException(
+            f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
+            "afresh, or --run-dir to train somewhere else")
+    with RunLock(run_dir):
+        if overwrite:
+            for name in ("last.npz", "best.npz", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+        log.info("config:\n%s", config_to_yaml(cfg).rstrip())
+        trainer = open_trainer(cfg, run_dir, resume)
+        log.info("%s; model %s %s with %s parameters; run directory %s", trainer.corpus.describe(),
+                 cfg.model.cell, cfg.model.hidden_sizes, f"{trainer.model.n_params():,}", run_dir)
+        if trainer.corpus.lines_split:
+            log.warning("%d lines longer than data.max_line_len=%d were split into pieces",
+                        trainer.corpus.lines_split, cfg.data.max_line_len)
+        flag = _StopFlag()
+        old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            summary = train(trainer, flag, quiet)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(
+                f"{e}. Try a lower train.lr (now {cfg.train.lr}) or turn on clipping (train.clip, "
+                f"train.clip_norm). Nothing non-finite was saved: {run_dir / 'last.npz'} holds the last good "
+                "checkpoint.") from None
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    if summary.interrupted:
+        click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
+                   "(continue with --resume)", err=True)
+        raise click.exceptions.Exit(130)
+    best = f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz" if summary.history else ""
+    log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
+
+
+def _echo_stream(pieces) -> None:
+    out = sys.stdout
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+
+
+@main.command("sample")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
+@click.option("--temp", type=click.FloatRange(min=0, min_open=True),
+              help="Temperature (> 0); lower is safer.")
+@click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models).")
+@click.option("--length", type=click.IntRange(min=0), help="Characters to write (stream models).")
+@click.option("--prime", default="", help="Text to start from (characters the model knows).")
+@click.option("--argmax", is_flag=True, help="Greedy: always the most likely character.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K likeliest characters.")
+@click.option("--seed", type=int, help="Make the output reproducible.")
+def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
+    """Write generated text to stdout as it is made.
+
+    \b
+    rnnchar sample --temp 0.7 -n 20 | sort | uniq -c
+    rnnchar sample --checkpoint runs/lstm/best.npz --prime "The " --seed 1
+    rnnchar sample --argmax -n 1
+    """
+    from .sample import sample_sentences, sample_stream, unknown_chars
+
+    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
+    bad = unknown_chars(vocab, prime)
+    if bad:
+        raise click.BadParameter(f"characters the model never saw: {' '.join(map(repr, bad))}",
+                                 param_hint="--prime")
+    s = cfg.sample
+    temp, top_k = temp or s.temp, top_k if top_k is not None else s.top_k
+    rng = np.random.default_rng(seed)
+    if cfg.data.mode == "sentences":
+        lines = sample_sentences(model, vocab, rng, n or s.n, temp, top_k, argmax, prime)
+        _echo_stream(line + "\n" for line in lines)
+    else:
+        _echo_stream(sample_stream(model, vocab, rng, s.length if length is None else length,
+                                   temp, top_k, argmax, prime))
+        sys.stdout.write("\n")
+
+
+@main.command("eval")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
+              help="A .npz checkpoint [default: the newest run under ./runs].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: bits_per_char, perplexity, chars, "
+              "unknown_chars.")
+@click.option("--per-line", is_flag=True, help="Print 'bits-per-char<TAB>line' for every line.")
+def eval_cmd(file, checkpoint, as_json, per_line):
+    """Score text: bits per character and perplexity (FILE, - for stdin).
+
+    Without FILE (and with stdin a terminal), scores the run's own validation split.
+
+    \b
+    rnnchar eval held_out.txt
+    cat notes.txt | rnnchar eval - --json
+    rnnchar eval --per-line notes.txt | sort -rn | head   # most surprising lines
+    """
+    from .data import read_text
+    from .evaluate import score_lines, score_text
+    from .runs import validation_score
+
+    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
+    if file is None and sys.stdin.isatty():
+        if per_line:
+            raise click.UsageError("--per-line needs a FILE or - for stdin")
+        result = validation_score(model, vocab, cfg)
+    else:
+        text = read_text(file or "-")
+        if not text.strip():
+            raise DataError(f"nothing to score: {'stdin' if file in (None, '-') else file} is empty")
+        if per_line:
+            lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+            for line, score in zip(lines, score_lines(model, vocab, lines, cfg.data.mode)):
+                click.echo(json.dumps({"bits_per_char": score, "line": line}) if as_json
+                           else f"{score:.4f}\t{line}")
+            return
+        result = score_text(model, vocab, text, cfg.data.mode, cfg.data.max_line_len)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        click.echo(f"bits/char {result.bits_per_char:.4f}  perplexity {result.perplexity:.3f}  "
+                   f"chars {result.chars:,}  unknown {result.unknown_chars:,}")
+
+
+if __name__ == "__main__":
+    main()

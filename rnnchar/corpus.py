@@ -1,0 +1,115 @@
+"""A training corpus as the loop needs it: vocabulary, training batches, validation batches.
+
+    corpus = load_corpus(cfg)                 # data.corpus, or the bundled sentences
+    batch = corpus.train_batch(step, rng)     # (T, B) inputs, targets, mask
+    for b in corpus.val_batches(): ...
+
+Sentence mode: each non-empty line is a sentence; a deterministic share
+`val_fraction` of the lines (from the seed) is held out, and the vocabulary is
+built from the training lines only. Stream mode: the text is one sequence, the
+last `val_fraction` of it is held out, and a file is encoded once, chunk by
+chunk, into a memory-mapped id array (cached in the run directory), so memory
+does not grow with the corpus beyond that array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, bundled_corpus_path
+from .data import (
+    DataError,
+    SentenceBatcher,
+    StreamBatcher,
+    Vocab,
+    encode_file_to_ids,
+    encode_sentences,
+    read_text,
+    sentence_lines,
+    split_train_val,
+)
+from .evaluate import EVAL_BATCH, stream_batches
+
+
+@dataclass
+class Corpus:
+    mode: str
+    vocab: Vocab
+    batcher: SentenceBatcher | StreamBatcher
+    val: list | np.ndarray          # encoded sentences, or an id array
+    source: str
+    lines_split: int = 0            # sentence mode: over-long lines cut into pieces
+
+    def train_batch(self, step: int, rng: np.random.Generator):
+        if isinstance(self.batcher, StreamBatcher):
+            return self.batcher.batch(step)
+        return self.batcher.batch(rng)
+
+    def val_batches(self):
+        if len(self.val) == 0:
+            return iter(())
+        if self.mode == "stream":
+            return stream_batches(self.val) if len(self.val) > 2 else iter(())
+        return SentenceBatcher(self.val, min(EVAL_BATCH, len(self.val))).iter_all()
+
+    def describe(self) -> str:
+        n_val = len(self.val) if self.mode == "stream" else sum(len(s) - 1 for s in self.val)
+        return (f"corpus {self.source}: {self.mode} mode, vocabulary {len(self.vocab)} "
+                f"({len(self.vocab) - 2} characters + boundary + unknown), {n_val:,} validation characters")
+
+
+def corpus_path(cfg: Config) -> str:
+    return cfg.data.corpus if cfg.data.corpus is not None else str(bundled_corpus_path())
+
+
+def _cap_sentences(seqs: list, max_chars: int) -> list:
+    if max_chars <= 0:
+        return seqs
+    total, out = 0, []
+    for s in seqs:
+        if total >= max_chars:
+            break
+        out.append(s)
+        total += len(s) - 1
+    return out
+
+
+def load_sentences(cfg: Config, path: str, vocab: Vocab | None) -> Corpus:
+    d = cfg.data
+    lines, n_split = sentence_lines(read_text(path), d.max_line_len)
+    if not lines:
+        raise DataError(f"{path}: no sentences (the corpus is empty or holds only whitespace)")
+    train_lines, val_lines = split_train_val(lines, d.val_fraction, cfg.train.seed)
+    vocab = vocab if vocab is not None else Vocab.build(train_lines, d.min_count)
+    batcher = SentenceBatcher(encode_sentences(train_lines, vocab), d.batch_size)
+    val = _cap_sentences(encode_sentences(val_lines, vocab), cfg.train.eval_max_chars)
+    return Corpus("sentences", vocab, batcher, val, path, n_split)
+
+
+def load_stream(cfg: Config, path: str, vocab: Vocab | None, cache_dir: Path | None) -> Corpus:
+    d = cfg.data
+    if path == "-":
+        text = read_text(path)
+        vocab = vocab if vocab is not None else Vocab.build([text], d.min_count)
+        ids = vocab.encode(text)
+    else:
+        vocab, ids = encode_file_to_ids(path, vocab, d.min_count, cache_dir)
+    if len(ids) == 0:
+        raise DataError(f"{path}: the corpus is empty")
+    n_val = int(math.floor(len(ids) * d.val_fraction))
+    train_ids, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    if cfg.train.eval_max_chars > 0:
+        val = val[: cfg.train.eval_max_chars]
+    return Corpus("stream", vocab, StreamBatcher(train_ids, d.batch_size, d.seq_len), val, path)
+
+
+def load_corpus(cfg: Config, vocab: Vocab | None = None, cache_dir: Path | None = None) -> Corpus:
+    """Read, split and batch the corpus named by the config; `vocab` given when resuming."""
+    path = corpus_path(cfg)
+    if cfg.data.mode == "sentences":
+        return load_sentences(cfg, path, vocab)
+    return load_stream(cfg, path, vocab, cache_dir)

@@ -1,0 +1,102 @@
+"""Scoring text with a trained model: bits per character and perplexity.
+
+    result = score_text(model, vocab, text, mode="sentences")
+    print(result.bits_per_char, result.perplexity, result.unknown_chars)
+
+Characters the model never saw are counted and map to the unknown token; as
+targets they are not scored (a model cannot predict what it never saw), so
+the figures describe the known characters. A stream model reads the text as
+parallel streams with the state carried between windows; a sentence model
+reads each non-empty line as one sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data import UNKNOWN, Batch, SentenceBatcher, StreamBatcher, Vocab, encode_sentences, sentence_lines
+from .model import CharModel
+
+EVAL_BATCH = 32   # sentences or parallel streams scored at once
+EVAL_SEQ = 256    # window length when streaming (state carried across windows)
+
+
+@dataclass
+class EvalResult:
+    bits_per_char: float
+    perplexity: float
+    chars: int          # characters scored
+    unknown_chars: int  # characters the model never saw (counted, not scored)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _score(nats: float, n: int, unknown: int) -> EvalResult:
+    if n == 0:
+        return EvalResult(float("nan"), float("nan"), 0, unknown)
+    return EvalResult(nats / n / math.log(2), math.exp(nats / n), n, unknown)
+
+
+def batch_nats(model: CharModel, batches: Iterable[Batch], should_stop: Callable[[], bool] = lambda: False,
+               ) -> tuple[float, int]:
+    """Total nats and scored characters over batches, carrying state unless a batch resets it."""
+    nats, n, state = 0.0, 0, None
+    for b in batches:
+        mask = b.mask * (b.targets != UNKNOWN)
+        res = model.loss(b.inputs, b.targets, mask, None if b.reset else state, needs_backprop=False)
+        nats, n, state = nats + res.nats, n + int(mask.sum()), res.state
+        if should_stop():
+            break
+    return nats, n
+
+
+def line_batches(model_vocab: Vocab, lines: list[str], batch_size: int = EVAL_BATCH) -> list[Batch]:
+    if not lines:
+        return []
+    seqs = encode_sentences(lines, model_vocab)
+    return list(SentenceBatcher(seqs, min(batch_size, len(seqs))).iter_all())
+
+
+def stream_batches(ids: np.ndarray, streams: int = EVAL_BATCH, seq_len: int = EVAL_SEQ):
+    """Windows over `ids` in up to `streams` parallel streams (fewer for short texts)."""
+    B = max(1, min(streams, (len(ids) - 1) // 2))
+    T = max(1, min(seq_len, (len(ids) - 1) // B - 1))
+    return StreamBatcher(ids, B, T).iter_all()
+
+
+def score_text(model: CharModel, vocab: Vocab, text: str, mode: str, max_line_len: int = 10**9) -> EvalResult:
+    """Bits per char and perplexity of `text` under the model."""
+    unknown = vocab.count_unknown(text.replace("\n", "") if mode == "sentences" else text)
+    if mode == "sentences":
+        lines, _ = sentence_lines(text, max_line_len)
+        nats, n = batch_nats(model, line_batches(vocab, lines))
+    else:
+        ids = vocab.encode(text)
+        if len(ids) < 2:
+            return _score(0.0, 0, unknown)
+        nats, n = batch_nats(model, stream_batches(ids))
+    return _score(nats, n, unknown)
+
+
+def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> list[float]:
+    """Bits per char of each line on its own (NaN for a line with nothing to score), in input order.
+
+    A sentence model scores `BOUNDARY line BOUNDARY`; a stream model scores the
+    line's characters and its newline, read from a fresh state after a newline.
+    """
+    out = []
+    for line in lines:
+        if mode == "sentences":
+            nats, n = batch_nats(model, line_batches(vocab, [line]) if line.strip() else [])
+        else:
+            ids = vocab.encode("\n" + line + "\n")
+            mask = (ids[1:] != UNKNOWN).astype(np.float32)[:, None]
+            res = model.loss(ids[:-1, None], ids[1:, None], mask, needs_backprop=False)
+            nats, n = res.nats, int(mask.sum())
+        out.append(nats / n / math.log(2) if n else float("nan"))
+    return out

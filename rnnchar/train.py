@@ -1,0 +1,203 @@
+"""The training loop: corpus -> batches -> model -> optimizer -> metrics and checkpoints.
+
+    summary = train(load_config("lstm.yaml"), run_dir=Path("runs/lstm"))
+
+Writes into `run_dir`: last.npz (every checkpoint_every steps and at the end),
+best.npz (lowest validation loss), metrics.jsonl (one JSON object per
+evaluation) and config.yaml. Resuming restores parameters, optimizer slots,
+step, carried state and the data RNG, so a resumed run is bit-identical to an
+uninterrupted one. Logs go through the "rnnchar" logger, progress through tqdm
+(stderr); nothing is printed to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
+from .corpus import Corpus, load_corpus
+from .evaluate import batch_nats
+from .model import CharModel
+from .optim import OPTIMIZERS, clip_global_norm
+from .sample import sample_sentences, sample_stream
+
+log = logging.getLogger("rnnchar")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or infinite."""
+
+
+@dataclass
+class Summary:
+    step: int
+    interrupted: bool = False
+    best_val_bpc: float = math.inf
+    history: list = field(default_factory=list)
+
+
+def build_model(cfg: Config, vocab_size: int) -> CharModel:
+    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
+
+
+class Trainer:
+    """Holds one run's model, optimizer, data and RNG; `run` advances it to `train.steps`."""
+
+    def __init__(self, cfg: Config, run_dir: Path, corpus: Corpus, ckpt: Checkpoint | None = None):
+        self.cfg, self.run_dir, self.corpus = cfg, run_dir, corpus
+        self.model = build_model(cfg, len(corpus.vocab))
+        self.opt = OPTIMIZERS[cfg.train.optimizer]()
+        self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
+        self.step, self.history, self.best = 0, [], math.inf
+        self.carry = None  # hidden state carried between stream windows
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        self.model.load_params(ckpt.params)
+        self.opt.load_state({k: v for k, v in ckpt.opt_state.items() if not k.startswith("carry/")})
+        carry = {k: v for k, v in ckpt.opt_state.items() if k.startswith("carry/")}
+        if carry:
+            shape = self.model.zero_state(1)
+            self.carry = [tuple(carry[f"carry/{j}/{k}"] for k in range(len(s))) for j, s in enumerate(shape)]
+        self.rng.bit_generator.state = ckpt.rng_state
+        self.step, self.history = ckpt.step, list(ckpt.history)
+        self.best = float(ckpt.meta.get("best_val_loss", math.inf))
+
+    def checkpoint(self) -> Checkpoint:
+        opt_state = dict(self.opt.state)
+        for j, s in enumerate(self.carry or []):
+            opt_state.update({f"carry/{j}/{k}": a for k, a in enumerate(s)})
+        return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
+                          params={k: p.w for k, p in self.model.params.items()}, opt_state=opt_state,
+                          step=self.step, rng_state=self.rng.bit_generator.state, history=self.history,
+                          meta={"best_val_loss": self.best})
+
+    def save(self, name: str = "last.npz") -> None:
+        save_checkpoint(self.run_dir / name, self.checkpoint())
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step on the next batch; returns (loss per char, chars)."""
+        cfg, model = self.cfg.train, self.model
+        batch = self.corpus.train_batch(self.step, self.rng)
+        state = None if batch.reset else self.carry
+        res = model.loss(batch.inputs, batch.targets, batch.mask, state)
+        if not math.isfinite(res.loss):
+            raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
+        res.graph.backward()
+        if cfg.clip_norm > 0:
+            clip_global_norm(model.params, cfg.clip_norm)
+        self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
+        if not all(np.isfinite(p.w).all() for p in model.params.values()):
+            raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
+        self.carry = res.state if self.corpus.mode == "stream" else None
+        self.step += 1
+        return res.nats / max(res.n_chars, 1), res.n_chars
+
+    def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
+        nats, n = batch_nats(self.model, self.corpus.val_batches(), should_stop)
+        return (nats / n if n else math.nan), n
+
+    def log_samples(self) -> None:
+        rng = np.random.default_rng([self.cfg.train.seed, self.step])  # never perturbs training
+        s = self.cfg.sample
+        if self.corpus.mode == "sentences":
+            texts = list(sample_sentences(self.model, self.corpus.vocab, rng, n=3, temp=s.temp, top_k=s.top_k,
+                                          max_len=200))
+        else:
+            texts = ["".join(sample_stream(self.model, self.corpus.vocab, rng, length=200, temp=s.temp,
+                                           top_k=s.top_k))]
+        log.info("samples at step %d:\n%s", self.step, "\n".join("  | " + t for t in texts))
+
+
+def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, should_stop) -> dict:
+    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
+    val_loss, _ = trainer.validate(should_stop)
+    rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
+           "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
+           "val_perplexity": round(math.exp(val_loss), 6) if math.isfinite(val_loss) else None,
+           "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
+           "elapsed_s": round(elapsed, 2)}
+    trainer.history.append(rec)
+    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+    log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
+             rec["val_bpc"], cps)
+    if math.isfinite(val_loss) and val_loss < trainer.best:
+        trainer.best = val_loss
+        trainer.save("best.npz")
+    return rec
+
+
+def _rewrite_metrics(trainer: Trainer) -> None:
+    """metrics.jsonl as of the checkpoint: drop evaluations made after it (a crash, Ctrl-C)."""
+    with open(trainer.run_dir / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in trainer.history)
+
+
+def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -> Trainer:
+    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = None
+    if resume:
+        path = run_dir / "last.npz"
+        if not path.exists():
+            raise CheckpointError(f"nothing to resume: {path} does not exist (drop --resume to start afresh)")
+        ckpt = load_checkpoint(path)
+        old = config_from_dict(ckpt.config)
+        diffs = [f"model.{k}: {v!r} in the checkpoint, {getattr(cfg.model, k)!r} now"
+                 for k, v in asdict(old.model).items() if getattr(cfg.model, k) != v]
+        if old.data.mode != cfg.data.mode:
+            diffs.append(f"data.mode: {old.data.mode!r} in the checkpoint, {cfg.data.mode!r} now")
+        if diffs:
+            raise CheckpointError("cannot resume with a different model: " + "; ".join(diffs))
+    from .data import Vocab
+    vocab = Vocab.from_array(ckpt.vocab) if ckpt is not None else None
+    corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    trainer = Trainer(cfg, run_dir, corpus, ckpt)
+    _rewrite_metrics(trainer)
+    return trainer
+
+
+def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
+    """Train to `train.steps`. Stops early and saves last.npz when `should_stop()` turns true."""
+    cfg, t = trainer.cfg.train, trainer
+    start, losses, chars, busy = t.step, [], 0, 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
+               dynamic_ncols=True, leave=False)
+    try:
+        while t.step < cfg.steps and not should_stop():
+            tic = time.perf_counter()
+            loss, n = t.train_step()
+            busy += time.perf_counter() - tic
+            losses.append(loss)
+            chars += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
+            last = t.step == cfg.steps
+            if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
+                rec = _record(t, float(np.mean(losses)), chars / busy, time.perf_counter() - t0, should_stop)
+                bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
+                losses, chars, busy = [], 0, 0.0
+            if cfg.sample_every and t.step % cfg.sample_every == 0:
+                t.log_samples()
+            if (cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0) or last:
+                t.save()
+    finally:
+        bar.close()
+    interrupted = t.step < cfg.steps
+    if interrupted or start == t.step:
+        t.save()  # Ctrl-C (or nothing to do): the state as of the last finished step
+    return Summary(t.step, interrupted, t.best / math.log(2), t.history)

@@ -1,0 +1,225 @@
+"""The CLI as a user drives it: train, sample, eval, configs, checkpoints, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rnnchar import __version__
+from rnnchar.checkpoint import load_checkpoint
+from rnnchar.cli import main
+
+SENTENCES = [
+    "The cat sat on the warm mat.", "A dog ran down the long road.", "We ate bread and cheese at noon.",
+    "The rain fell all night long.", "She sang a song to the sea.", "He read the old map by the fire.",
+    "Birds fly south in the autumn.", "The train left the station late.", "I like tea with milk.",
+    "The moon rose over the hill.", "They built a boat from wood.", "My sister plays the violin.",
+    "Snow covered the quiet town.", "The children laughed at the clown.", "Fresh fish is sold at dawn.",
+    "The wind blew the door open.", "He planted roses in the garden.", "We walked along the river.",
+    "The clock struck twelve.", "Nobody knew the answer.",
+]
+TINY = ["--set", "model.hidden_sizes=[16]", "--set", "model.embed_size=8", "--set", "data.batch_size=4",
+        "--set", "train.eval_every=5", "--set", "train.sample_every=0", "--set", "train.checkpoint_every=5"]
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return path
+
+
+def train(corpus, *extra, steps=10):
+    r = run("train", "--corpus", corpus, "--quiet", *TINY, "--set", f"train.steps={steps}", *extra)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def params_of(path) -> dict:
+    return load_checkpoint(path).params
+
+
+def test_version_and_help():
+    r = run("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+    for cmd in ("train", "sample", "eval"):
+        r = run(cmd, "--help")
+        assert r.exit_code == 0 and "rnnchar " + cmd in r.output  # every command shows examples
+
+
+def test_train_writes_the_run_directory(corpus):
+    train(corpus)
+    run_dir = Path("runs/default")
+    assert {"last.npz", "best.npz", "metrics.jsonl", "config.yaml"} <= {p.name for p in run_dir.iterdir()}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10]
+    assert set(records[0]) == {"step", "train_loss", "val_bpc", "val_perplexity", "chars_per_sec", "lr",
+                               "elapsed_s"}
+    ckpt = load_checkpoint(run_dir / "last.npz")
+    assert ckpt.step == 10 and ckpt.config["model"]["hidden_sizes"] == [16]
+    vocab = [chr(c) for c in ckpt.vocab]  # built from the training lines only, sorted
+    assert vocab == sorted(vocab) and set(vocab) <= set("".join(SENTENCES)) and len(vocab) >= 30
+
+
+def test_train_prints_resolved_config_to_stderr_only(corpus):
+    r = CliRunner().invoke(main, ["train", "--corpus", str(corpus), *TINY, "--set", "train.steps=2"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "" and "hidden_sizes: [16]" in r.stderr
+
+
+def test_bundled_config_found_from_any_directory(corpus):
+    train(corpus, "--config", "gru", steps=2)
+    assert load_checkpoint("runs/gru/last.npz").config["model"]["cell"] == "gru"
+
+
+def test_existing_run_is_not_overwritten_silently(corpus):
+    train(corpus, steps=2)
+    r = run("train", "--corpus", corpus, "--quiet", *TINY, "--set", "train.steps=2")
+    assert r.exit_code == 1 and "--resume" in r.output
+    train(corpus, "--overwrite", steps=3)
+    assert load_checkpoint("runs/default/last.npz").step == 3
+
+
+@pytest.mark.parametrize("mode", ["sentences", "stream"])
+def test_resume_is_bit_exact(corpus, mode):
+    extra = ["--set", f"data.mode={mode}", "--set", "data.seq_len=8"]
+    train(corpus, *extra, "--run-dir", "straight", steps=12)
+    train(corpus, *extra, "--run-dir", "split", steps=7)
+    train(corpus, *extra, "--run-dir", "split", "--resume", steps=12)
+    a, b = params_of("straight/last.npz"), params_of("split/last.npz")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    def history(run_dir):
+        return {r["step"]: r["val_bpc"] for r in map(json.loads, Path(run_dir, "metrics.jsonl").open())}
+    split, straight = history("split"), history("straight")
+    assert list(split) == [5, 7, 10, 12]  # the first part also evaluated where it stopped
+    assert all(split[k] == v for k, v in straight.items())
+
+
+def test_resume_with_a_different_model_names_the_difference(corpus):
+    train(corpus, steps=2)
+    r = run("train", "--corpus", corpus, "--quiet", *TINY, "--set", "model.hidden_sizes=[8]", "--resume")
+    assert r.exit_code == 1 and "model.hidden_sizes" in r.output and "[16]" in r.output
+
+
+def test_sample_same_seed_same_text_after_reload(corpus):
+    train(corpus)
+    a = run("sample", "-n", 3, "--seed", 7, "--temp", 0.8)
+    b = run("sample", "--checkpoint", "runs/default/last.npz", "-n", 3, "--seed", 7, "--temp", 0.8)
+    c = run("sample", "--checkpoint", "runs/default/best.npz", "-n", 3, "--seed", 8, "--temp", 0.8)
+    assert a.exit_code == 0, a.output
+    assert len(a.stdout.splitlines()) == 3
+    assert b.stdout == run("sample", "--checkpoint", "runs/default/last.npz", "-n", 3, "--seed", 7,
+                           "--temp", 0.8).stdout
+    assert c.exit_code == 0
+
+
+def test_sample_options(corpus):
+    train(corpus)
+    greedy = run("sample", "--argmax", "-n", 2)
+    lines = greedy.stdout.splitlines()
+    assert greedy.exit_code == 0 and len(lines) == 2 and lines[0] == lines[1]  # greedy is deterministic
+    primed = run("sample", "--prime", "The ", "-n", 2, "--top-k", 3, "--seed", 1)
+    assert primed.exit_code == 0 and all(line.startswith("The ") for line in primed.stdout.splitlines())
+
+
+def test_stream_model_samples_length_characters(corpus):
+    train(corpus, "--set", "data.mode=stream", "--set", "data.seq_len=8")
+    r = run("sample", "--length", 40, "--prime", "The", "--seed", 3)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("The") and len(r.stdout) == 3 + 40 + 1  # prime, 40 characters, newline
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temp", "0"], "--temp"), (["--temp", "-1"], "--temp"), (["--top-k", "0"], "--top-k"),
+    (["--length", "-1"], "--length"), (["-n", "0"], "-n"), (["--prime", "Zéß"], "never saw"),
+])
+def test_sample_bad_options_exit_2(corpus, args, message):
+    train(corpus, steps=2)
+    r = run("sample", *args)
+    assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_eval_text_json_and_unknown_chars(corpus, tmp_path):
+    train(corpus)
+    text = tmp_path / "held.txt"
+    text.write_text("The dog sat by the fire.\nA cat read the map. Q!\n", encoding="utf-8")
+    r = run("eval", text, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert set(out) == {"bits_per_char", "perplexity", "chars", "unknown_chars"}
+    known = {chr(c) for c in load_checkpoint("runs/default/best.npz").vocab}
+    assert out["unknown_chars"] == sum(c not in known for c in text.read_text().replace("\n", ""))
+    assert out["unknown_chars"] >= 2  # at least 'Q' and '!' never occur in the training sentences
+    assert 0 < out["bits_per_char"] < 10 and out["perplexity"] == pytest.approx(2 ** out["bits_per_char"])
+    plain = run("eval", "-", input=text.read_text())
+    assert plain.exit_code == 0 and "bits/char" in plain.stdout
+
+
+def test_eval_per_line_scores_each_line(corpus, tmp_path):
+    train(corpus, steps=40)
+    r = run("eval", "--per-line", "-", input="The cat sat on the warm mat.\nxqzj vvkw pppp\n")
+    assert r.exit_code == 0, r.output
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert [t for _, t in rows] == ["The cat sat on the warm mat.", "xqzj vvkw pppp"]
+    assert float(rows[0][0]) < float(rows[1][0])  # a training sentence surprises less than noise
+
+
+def test_eval_without_file_scores_validation_split(corpus, monkeypatch):
+    train(corpus)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    r = CliRunner().invoke(main, ["eval", "--json"])
+    if r.exit_code == 0:
+        assert json.loads(r.stdout)["chars"] > 0
+    else:  # CliRunner replaces stdin; then the empty stdin is reported
+        assert r.exit_code == 1 and "empty" in r.output
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["train", "--config", "nope"], 2, "bundled configs"),
+    (["train", "--set", "model.hiden_sizes=[3]"], 2, "model.hidden_sizes"),
+    (["train", "--set", "train.lr=-1"], 2, "train.lr"),
+    (["train", "--set", "model.cell=transformer"], 2, "model.cell"),
+    (["train", "--set", "nodot"], 2, "nodot"),
+    (["train", "--resume", "--overwrite"], 2, "contradict"),
+    (["train", "--resume"], 1, "nothing to resume"),
+    (["train", "--corpus", "missing.txt"], 2, "missing.txt"),
+    (["sample"], 1, "no checkpoint found"),
+    (["eval", "x.txt"], 1, "no checkpoint found"),
+    (["sample", "--checkpoint", "missing.npz"], 1, "missing.npz"),
+])
+def test_error_paths(corpus, args, code, message):
+    r = run(*args)
+    assert r.exit_code == code, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_eval_empty_input_is_an_error(corpus):
+    train(corpus, steps=2)
+    r = run("eval", "-", input="")
+    assert r.exit_code == 1 and "empty" in r.output
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "rnnchar.cli", *map(str, args)], capture_output=True,
+                          text=True, **kw)
+
+
+def test_pipelines_in_real_processes(corpus):
+    train(corpus, steps=5)
+    head = subprocess.run(f"{sys.executable} -m rnnchar.cli sample -n 2000 --seed 1 | head -1", shell=True,
+                          capture_output=True, text=True)
+    assert head.returncode == 0 and len(head.stdout.splitlines()) == 1
+    assert "Traceback" not in head.stderr and "Broken" not in head.stderr, head.stderr
+    ev = _cli("eval", "-", "--json", input="The cat sat on the mat.\n")
+    assert ev.returncode == 0 and json.loads(ev.stdout)["chars"] > 0, ev.stderr
