@@ -184,6 +184,10 @@ def make_stack(cell: str, D: int, hidden_sizes, rng: np.random.Generator, dtype=
     """A stack of `cell` layers ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")."""
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+    if opts.get("gate", "scalar") not in ("scalar", "vector"):
+        raise ValueError(f"unknown gate {opts['gate']!r}; choose scalar or vector")
+    if opts.get("activation", "tanh") not in ("tanh", "relu"):
+        raise ValueError(f"unknown activation {opts['activation']!r}; choose tanh or relu")
     if cell.startswith("gf-"):
         return GatedFeedbackStack(cell, D, hidden_sizes, rng, dtype, **opts)
     opts.pop("gate", None)

@@ -167,7 +167,7 @@ class Graph:
     # -- nonlinearities: backward reuses the forward result ------------------------
 
     def tanh(self, a: Mat) -> Mat:
-        out = Mat(np.tanh(a.w))
+        out = Mat(_tanh(a.w))
 
         def back(d):
             _acc(a, d * (1 - out.w * out.w), fresh=True)
@@ -196,12 +196,12 @@ class Graph:
         """
         H = pre.shape[1] // 4
         act = np.empty_like(pre.w)  # (B, 4H)
-        act[:, :3 * H] = _sigmoid(pre.w[:, :3 * H])
-        np.tanh(pre.w[:, 3 * H:], out=act[:, 3 * H:])
+        _sigmoid(pre.w[:, :3 * H], out=act[:, :3 * H])
+        _tanh(pre.w[:, 3 * H:], out=act[:, 3 * H:])
         i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
         c_new = f * c.w
         c_new += i * gg
-        tc = np.tanh(c_new)
+        tc = _tanh(c_new)
         h_out, c_out = Mat(o * tc), Mat(c_new)
 
         def step():
@@ -305,9 +305,23 @@ class Graph:
         return loss
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function, stable for large |x| (no overflow warning)."""
-    return 0.5 * (1 + np.tanh(0.5 * x))
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-x)) in place of out. NumPy's exp is SIMD-vectorised, its float32 tanh is
+    not (about 2.5x slower here); clamping -x at 60 keeps exp finite, without warnings."""
+    out = np.negative(x, out=out)
+    np.minimum(out, 60.0, out=out)
+    np.exp(out, out=out)
+    out += 1
+    return np.reciprocal(out, out=out)
+
+
+def _tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """tanh(x) = 2 sigmoid(2x) - 1, for the same reason as `_sigmoid`."""
+    out = np.multiply(x, 2.0, out=out)
+    _sigmoid(out, out=out)
+    out *= 2
+    out -= 1
+    return out
 
 
 OPS = (

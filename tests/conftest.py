@@ -1,5 +1,11 @@
+import os
 import sys
 from pathlib import Path
+
+# Small per-step products gain nothing from BLAS threads, and on a busy 2-core machine
+# OpenBLAS's spinning threads slow the suite several-fold; set before numpy is imported.
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
 
 # the finite-difference helpers in tests/gradcheck.py are shared by several test modules
 sys.path.insert(0, str(Path(__file__).parent))
