@@ -191,14 +191,17 @@ class Graph:
         """Fused LSTM arithmetic on pre-activations (B, 4H) ordered i, f, o, g.
 
         i, f, o = sigmoid, g = tanh; c' = f * c + i * g; h' = o * tanh(c').
-        Returns (h', c'). One op instead of a dozen, and its backward reuses
-        every forward intermediate.
+        Returns (h', c'). One op instead of a dozen; one exp pass covers all
+        four blocks (tanh(x) = 2 sigmoid(2x) - 1), and backward reuses every
+        forward intermediate.
         """
         H = pre.shape[1] // 4
-        act = np.empty_like(pre.w)  # (B, 4H)
-        _sigmoid(pre.w[:, :3 * H], out=act[:, :3 * H])
-        _tanh(pre.w[:, 3 * H:], out=act[:, 3 * H:])
-        i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
+        act = np.multiply(pre.w, _gate_scale(4 * H, pre.w.dtype))  # (B, 4H): -x, -x, -x, -2x
+        _sigmoid_of_negated(act)
+        g_blk = act[:, 3 * H:]
+        g_blk *= 2
+        g_blk -= 1
+        i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], g_blk
         c_new = f * c.w
         c_new += i * gg
         tc = _tanh(c_new)
@@ -208,18 +211,21 @@ class Graph:
             dh, dc = h_out._dw, c_out._dw
             if dh is None and dc is None:
                 return
-            dct = np.zeros_like(c_new) if dc is None else dc.copy()
             dpre = np.empty_like(act)
-            if dh is not None:
-                dct += dh * o * (1 - tc * tc)
-                np.multiply(dh, tc, out=dpre[:, 2 * H:3 * H])
-            else:
+            if dh is None:
+                dct = dc.copy()
                 dpre[:, 2 * H:3 * H] = 0
+            else:
+                dct = 1 - tc * tc
+                dct *= o
+                dct *= dh
+                if dc is not None:
+                    dct += dc
+                np.multiply(dh, tc, out=dpre[:, 2 * H:3 * H])
             np.multiply(dct, gg, out=dpre[:, :H])
             np.multiply(dct, c.w, out=dpre[:, H:2 * H])
             np.multiply(dct, i, out=dpre[:, 3 * H:])
-            dpre[:, :3 * H] *= act[:, :3 * H] * (1 - act[:, :3 * H])
-            dpre[:, 3 * H:] *= 1 - gg * gg
+            dpre *= _gate_deriv(act, gg)
             _acc(pre, dpre, fresh=True)
             dct *= f
             _acc(c, dct, fresh=True)
@@ -305,23 +311,48 @@ class Graph:
         return loss
 
 
-def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """1 / (1 + exp(-x)) in place of out. NumPy's exp is SIMD-vectorised, its float32 tanh is
-    not (about 2.5x slower here); clamping -x at 60 keeps exp finite, without warnings."""
-    out = np.negative(x, out=out)
-    np.minimum(out, 60.0, out=out)
-    np.exp(out, out=out)
-    out += 1
-    return np.reciprocal(out, out=out)
+def _sigmoid_of_negated(z: np.ndarray) -> np.ndarray:
+    """z <- 1 / (1 + exp(z)), i.e. sigmoid(-z), in place. NumPy's exp is SIMD-vectorised, its
+    float32 tanh is not (about 2x slower here); clamping z at 60 keeps exp finite."""
+    np.minimum(z, 60.0, out=z)
+    np.exp(z, out=z)
+    z += 1
+    return np.reciprocal(z, out=z)
 
 
-def _tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """tanh(x) = 2 sigmoid(2x) - 1, for the same reason as `_sigmoid`."""
-    out = np.multiply(x, 2.0, out=out)
-    _sigmoid(out, out=out)
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return _sigmoid_of_negated(np.negative(x))
+
+
+def _tanh(x: np.ndarray) -> np.ndarray:
+    """tanh(x) = 2 sigmoid(2x) - 1, for the same reason as `_sigmoid_of_negated`."""
+    out = _sigmoid_of_negated(np.multiply(x, -2.0))
     out *= 2
     out -= 1
     return out
+
+
+_SCALES: dict = {}
+
+
+def _gate_scale(n: int, dtype) -> np.ndarray:
+    """(1, 4H) row -1 for the sigmoid blocks i, f, o and -2 for the tanh block g."""
+    key = (n, np.dtype(dtype))
+    if key not in _SCALES:
+        row = np.full((1, n), -1.0, dtype)
+        row[:, 3 * n // 4:] = -2.0
+        _SCALES[key] = row
+    return _SCALES[key]
+
+
+def _gate_deriv(act: np.ndarray, g_blk: np.ndarray) -> np.ndarray:
+    """Derivatives of the activations from their values: s (1 - s) for i, f, o; 1 - g^2 for g."""
+    d = 1 - act
+    d *= act
+    H = g_blk.shape[1]
+    np.multiply(g_blk, g_blk, out=d[:, 3 * H:])
+    np.subtract(1, d[:, 3 * H:], out=d[:, 3 * H:])
+    return d
 
 
 OPS = (
