@@ -79,14 +79,13 @@ class Layer:
 
     def _gru(self, g, xp, h, rec):
         H = self.H
-        x_zr, x_n = g.split(xp, [2 * H, H])
-        z, r = g.split(g.sigmoid(g.add(x_zr, g.matmul(h, self.params["Wh"]))), [H, H])
+        x_zr, x_n = g.columns(xp, 0, 2 * H), g.columns(xp, 2 * H, 3 * H)
+        zr, rh = g.gru_reset(x_zr, g.matmul(h, self.params["Wh"]), h)  # (B, 2H), r * h
         if rec is None:  # reset applied to h before the recurrent product
-            rec = g.matmul(g.eltmul(r, h), self.params["Whn"])
+            rec = g.matmul(rh, self.params["Whn"])
         else:  # gated feedback: reset applied to the gated sum (Chung et al. 2015)
-            rec = g.eltmul(r, rec)
-        n = g.tanh(g.add(x_n, rec))
-        return (g.add(g.eltmul(g.one_minus(z), h), g.eltmul(z, n)),)
+            rec = g.eltmul(g.columns(zr, H, 2 * H), rec)
+        return (g.gru_update(x_n, rec, zr, h),)
 
 
 class Stack:

@@ -233,6 +233,48 @@ class Graph:
             self.tape.append(step)
         return h_out, c_out
 
+    def gru_reset(self, x_zr: Mat, rec: Mat, h: Mat) -> tuple[Mat, Mat]:
+        """GRU gates: zr = sigmoid(x_zr + rec) (B, 2H) ordered z, r; returns (zr, r * h)."""
+        H = h.shape[1]
+        zr = np.add(x_zr.w, rec.w)
+        np.negative(zr, out=zr)
+        _sigmoid_of_negated(zr)
+        r = zr[:, H:]
+        zr_out, rh_out = Mat(zr), Mat(r * h.w)
+
+        def step():
+            dzr, drh = zr_out._dw, rh_out._dw
+            if dzr is None and drh is None:
+                return
+            d = np.zeros_like(zr) if dzr is None else dzr.copy()
+            if drh is not None:
+                d[:, H:] += drh * h.w
+                _acc(h, drh * r, fresh=True)
+            d *= zr * (1 - zr)
+            _acc(x_zr, d)
+            _acc(rec, d, fresh=True)
+        if self.needs_backprop:
+            self.tape.append(step)
+        return zr_out, rh_out
+
+    def gru_update(self, x_n: Mat, rec: Mat, zr: Mat, h: Mat) -> Mat:
+        """GRU candidate and blend: n = tanh(x_n + rec); h' = (1 - z) * h + z * n, z = zr[:, :H]."""
+        H = h.shape[1]
+        n = _tanh(np.add(x_n.w, rec.w))
+        z = zr.w[:, :H]
+        out = Mat(h.w + z * (n - h.w))
+
+        def back(d):
+            dn = d * z
+            dn *= 1 - n * n
+            _acc(x_n, dn)
+            _acc(rec, dn, fresh=True)
+            dzr = np.zeros_like(zr.w)
+            np.multiply(d, n - h.w, out=dzr[:, :H])
+            _acc(zr, dzr, fresh=True)
+            _acc(h, d * (1 - z), fresh=True)
+        return self._record(out, back)
+
     # -- gathering and reshaping ----------------------------------------------------
 
     def embed(self, table: Mat, ids) -> Mat:
@@ -358,6 +400,6 @@ def _gate_deriv(act: np.ndarray, g_blk: np.ndarray) -> np.ndarray:
 OPS = (
     "matmul", "add", "eltmul", "scale", "one_minus", "tanh", "sigmoid", "relu",
     "embed", "concat", "split", "columns", "rows", "stack_rows", "softmax_cross_entropy", "lstm_gates",
-    "defer_grads",
+    "gru_reset", "gru_update", "defer_grads",
 )
 """Every op of `Graph`; tests check each against finite differences and that none is missing."""

@@ -51,6 +51,12 @@ CASES = {
                                            lambda g, z: g.softmax_cross_entropy(z, TARGETS, MASK)),
     "lstm_gates": lambda: ([m(3, 8, lo=-2, hi=2), m(3, 2)], lambda g, pre, c: g.lstm_gates(pre, c)),
     "lstm_gates/h-only": lambda: ([m(3, 8, lo=-2, hi=2), m(3, 2)], lambda g, pre, c: g.lstm_gates(pre, c)[0]),
+    "gru_reset": lambda: ([m(3, 4, lo=-2, hi=2), m(3, 4), m(3, 2)],
+                          lambda g, x, rec, h: g.gru_reset(x, rec, h)),
+    "gru_reset/rh-only": lambda: ([m(3, 4), m(3, 4), m(3, 2)],
+                                  lambda g, x, rec, h: g.gru_reset(x, rec, h)[1]),
+    "gru_update": lambda: ([m(3, 2), m(3, 2), m(3, 4, lo=0.1, hi=0.9), m(3, 2)],
+                           lambda g, x, rec, zr, h: g.gru_update(x, rec, zr, h)),
     "defer_grads": lambda: ([m(2, 3), m(3, 3)], _deferred_recurrence),
     "reuse/same-input-twice": lambda: ([m(3, 3)], lambda g, a: g.eltmul(g.tanh(a), g.matmul(a, a))),
 }
