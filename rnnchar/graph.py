@@ -20,65 +20,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .fused import FusedOps
+from .mat import Mat, _acc, _sigmoid, _tanh, _unbroadcast
 
-class Mat:
-    """A 2-D value `w` and its gradient `dw` (allocated on first use)."""
-
-    __slots__ = ("w", "_dw")
-
-    def __init__(self, w):
-        w = np.asarray(w)
-        if w.ndim != 2:
-            raise ValueError(f"Mat needs a 2-D array, got shape {w.shape}")
-        self.w = w
-        self._dw = None
-
-    @property
-    def dw(self) -> np.ndarray:
-        if self._dw is None:
-            self._dw = np.zeros_like(self.w)
-        return self._dw
-
-    @dw.setter
-    def dw(self, value) -> None:
-        self._dw = np.asarray(value, dtype=self.w.dtype)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.w.shape
-
-    def __repr__(self) -> str:
-        return f"Mat(shape={self.w.shape}, dtype={self.w.dtype})"
-
-    @classmethod
-    def zeros(cls, n: int, d: int, dtype=np.float32) -> Mat:
-        return cls(np.zeros((n, d), dtype=dtype))
-
-    @classmethod
-    def randn(cls, n: int, d: int, std: float, rng: np.random.Generator, dtype=np.float32) -> Mat:
-        return cls((rng.standard_normal((n, d)) * std).astype(dtype))
-
-    @classmethod
-    def uniform(cls, n: int, d: int, scale: float, rng: np.random.Generator, dtype=np.float32) -> Mat:
-        return cls(rng.uniform(-scale, scale, (n, d)).astype(dtype))
+__all__ = ["Graph", "Mat", "OPS"]
 
 
-def _acc(m: Mat, g: np.ndarray, fresh: bool = False) -> None:
-    """Accumulate gradient `g` into `m.dw`; `fresh` means nobody else holds `g`."""
-    if m._dw is None:
-        m._dw = g if fresh else g.copy()
-    else:
-        m._dw += g
-
-
-def _unbroadcast(g: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Sum `g` over the axes along which an operand of `shape` was broadcast."""
-    if g.shape == shape:
-        return g
-    return g.sum(axis=tuple(i for i in range(2) if shape[i] == 1), keepdims=True)
-
-
-class Graph:
+class Graph(FusedOps):
     """Records ops for backprop when `needs_backprop` is true; otherwise only computes."""
 
     def __init__(self, needs_backprop: bool = True):
@@ -187,94 +135,6 @@ class Graph:
             _acc(a, d * (a.w > 0), fresh=True)
         return self._record(out, back)
 
-    def lstm_gates(self, pre: Mat, c: Mat) -> tuple[Mat, Mat]:
-        """Fused LSTM arithmetic on pre-activations (B, 4H) ordered i, f, o, g.
-
-        i, f, o = sigmoid, g = tanh; c' = f * c + i * g; h' = o * tanh(c').
-        Returns (h', c'). One op instead of a dozen; one exp pass covers all
-        four blocks (tanh(x) = 2 sigmoid(2x) - 1), and backward reuses every
-        forward intermediate.
-        """
-        H = pre.shape[1] // 4
-        act = np.multiply(pre.w, _gate_scale(4 * H, pre.w.dtype))  # (B, 4H): -x, -x, -x, -2x
-        _sigmoid_of_negated(act)
-        g_blk = act[:, 3 * H:]
-        g_blk *= 2
-        g_blk -= 1
-        i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], g_blk
-        c_new = f * c.w
-        c_new += i * gg
-        tc = _tanh(c_new)
-        h_out, c_out = Mat(o * tc), Mat(c_new)
-
-        def step():
-            dh, dc = h_out._dw, c_out._dw
-            if dh is None and dc is None:
-                return
-            dpre = np.empty_like(act)
-            if dh is None:
-                dct = dc.copy()
-                dpre[:, 2 * H:3 * H] = 0
-            else:
-                dct = 1 - tc * tc
-                dct *= o
-                dct *= dh
-                if dc is not None:
-                    dct += dc
-                np.multiply(dh, tc, out=dpre[:, 2 * H:3 * H])
-            np.multiply(dct, gg, out=dpre[:, :H])
-            np.multiply(dct, c.w, out=dpre[:, H:2 * H])
-            np.multiply(dct, i, out=dpre[:, 3 * H:])
-            dpre *= _gate_deriv(act, gg)
-            _acc(pre, dpre, fresh=True)
-            dct *= f
-            _acc(c, dct, fresh=True)
-        if self.needs_backprop:
-            self.tape.append(step)
-        return h_out, c_out
-
-    def gru_reset(self, x_zr: Mat, rec: Mat, h: Mat) -> tuple[Mat, Mat]:
-        """GRU gates: zr = sigmoid(x_zr + rec) (B, 2H) ordered z, r; returns (zr, r * h)."""
-        H = h.shape[1]
-        zr = np.add(x_zr.w, rec.w)
-        np.negative(zr, out=zr)
-        _sigmoid_of_negated(zr)
-        r = zr[:, H:]
-        zr_out, rh_out = Mat(zr), Mat(r * h.w)
-
-        def step():
-            dzr, drh = zr_out._dw, rh_out._dw
-            if dzr is None and drh is None:
-                return
-            d = np.zeros_like(zr) if dzr is None else dzr.copy()
-            if drh is not None:
-                d[:, H:] += drh * h.w
-                _acc(h, drh * r, fresh=True)
-            d *= zr * (1 - zr)
-            _acc(x_zr, d)
-            _acc(rec, d, fresh=True)
-        if self.needs_backprop:
-            self.tape.append(step)
-        return zr_out, rh_out
-
-    def gru_update(self, x_n: Mat, rec: Mat, zr: Mat, h: Mat) -> Mat:
-        """GRU candidate and blend: n = tanh(x_n + rec); h' = (1 - z) * h + z * n, z = zr[:, :H]."""
-        H = h.shape[1]
-        n = _tanh(np.add(x_n.w, rec.w))
-        z = zr.w[:, :H]
-        out = Mat(h.w + z * (n - h.w))
-
-        def back(d):
-            dn = d * z
-            dn *= 1 - n * n
-            _acc(x_n, dn)
-            _acc(rec, dn, fresh=True)
-            dzr = np.zeros_like(zr.w)
-            np.multiply(d, n - h.w, out=dzr[:, :H])
-            _acc(zr, dzr, fresh=True)
-            _acc(h, d * (1 - z), fresh=True)
-        return self._record(out, back)
-
     # -- gathering and reshaping ----------------------------------------------------
 
     def embed(self, table: Mat, ids) -> Mat:
@@ -351,50 +211,6 @@ class Graph:
             grad *= weight.astype(grad.dtype)[:, None]
             _acc(logits, grad, fresh=True)
         return loss
-
-
-def _sigmoid_of_negated(z: np.ndarray) -> np.ndarray:
-    """z <- 1 / (1 + exp(z)), i.e. sigmoid(-z), in place. NumPy's exp is SIMD-vectorised, its
-    float32 tanh is not (about 2x slower here); clamping z at 60 keeps exp finite."""
-    np.minimum(z, 60.0, out=z)
-    np.exp(z, out=z)
-    z += 1
-    return np.reciprocal(z, out=z)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return _sigmoid_of_negated(np.negative(x))
-
-
-def _tanh(x: np.ndarray) -> np.ndarray:
-    """tanh(x) = 2 sigmoid(2x) - 1, for the same reason as `_sigmoid_of_negated`."""
-    out = _sigmoid_of_negated(np.multiply(x, -2.0))
-    out *= 2
-    out -= 1
-    return out
-
-
-_SCALES: dict = {}
-
-
-def _gate_scale(n: int, dtype) -> np.ndarray:
-    """(1, 4H) row -1 for the sigmoid blocks i, f, o and -2 for the tanh block g."""
-    key = (n, np.dtype(dtype))
-    if key not in _SCALES:
-        row = np.full((1, n), -1.0, dtype)
-        row[:, 3 * n // 4:] = -2.0
-        _SCALES[key] = row
-    return _SCALES[key]
-
-
-def _gate_deriv(act: np.ndarray, g_blk: np.ndarray) -> np.ndarray:
-    """Derivatives of the activations from their values: s (1 - s) for i, f, o; 1 - g^2 for g."""
-    d = 1 - act
-    d *= act
-    H = g_blk.shape[1]
-    np.multiply(g_blk, g_blk, out=d[:, 3 * H:])
-    np.subtract(1, d[:, 3 * H:], out=d[:, 3 * H:])
-    return d
 
 
 OPS = (
