@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from .data import UNKNOWN, Batch, SentenceBatcher, StreamBatcher, Vocab, encode_sentences, sentence_lines
 from .model import CharModel
 
 EVAL_BATCH = 32   # sentences or parallel streams scored at once
 EVAL_SEQ = 256    # window length when streaming (state carried across windows)
+PROGRESS_CHARS = 200_000  # texts at least this long show a progress bar (on a terminal)
 
 
 @dataclass
@@ -74,12 +76,14 @@ def score_text(model: CharModel, vocab: Vocab, text: str, mode: str, max_line_le
     unknown = vocab.count_unknown(text.replace("\n", "") if mode == "sentences" else text)
     if mode == "sentences":
         lines, _ = sentence_lines(text, max_line_len)
-        nats, n = batch_nats(model, line_batches(vocab, lines))
+        batches = line_batches(vocab, lines)
     else:
         ids = vocab.encode(text)
         if len(ids) < 2:
             return _score(0.0, 0, unknown)
-        nats, n = batch_nats(model, stream_batches(ids))
+        batches = stream_batches(ids)
+    hide = None if len(text) >= PROGRESS_CHARS else True  # None: tqdm shows it only on a terminal
+    nats, n = batch_nats(model, tqdm(batches, desc="scoring", unit="batch", leave=False, disable=hide))
     return _score(nats, n, unknown)
 
 
