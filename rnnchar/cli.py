@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,10 @@ class _TqdmHandler(logging.Handler):
     """Log lines on stderr that do not tear the progress bar."""
 
     def emit(self, record):
-        tqdm.write(self.format(record), file=sys.stderr)
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except OSError:  # stderr closed (`rnnchar train 2>&1 | head`): keep training, lose only the log
+            pass
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -121,19 +125,21 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
     cfg = load_config(path, sets)
     if corpus is not None:
         if corpus != "-" and not Path(corpus).is_file():
-            raise click.BadParameter(f"{corpus} is not a readable file", param_hint="--corpus")
+            why = ("is a directory, not a text file" if Path(corpus).is_dir() else "is not a regular file"
+                   if Path(corpus).exists() else "does not exist")
+            raise click.BadParameter(f"{corpus} {why}", param_hint="--corpus")
         cfg.data.corpus = corpus if corpus == "-" else str(Path(corpus).resolve())
     run_dir = run_dir or Path("runs") / (path.stem if path else "default")
-    if (run_dir / "last.npz").exists() and not (resume or overwrite):
-        raise click.ClickException(
-            f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
-            "afresh, or --run-dir to train somewhere else")
-    with RunLock(run_dir):
-        if overwrite:
-            for name in ("last.npz", "best.npz", "metrics.jsonl"):
-                (run_dir / name).unlink(missing_ok=True)
+    with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
+        if (run_dir / "last.npz").exists() and not (resume or overwrite):
+            raise click.ClickException(
+                f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
+                "afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-        trainer = open_trainer(cfg, run_dir, resume)
+        trainer = open_trainer(cfg, run_dir, resume)  # a bad corpus fails here, before anything is lost
+        if overwrite:  # open_trainer already emptied metrics.jsonl
+            for name in ("last.npz", "best.npz"):
+                (run_dir / name).unlink(missing_ok=True)
         log.info("%s; model %s %s with %s parameters; run directory %s", trainer.corpus.describe(),
                  cfg.model.cell, cfg.model.hidden_sizes, f"{trainer.model.n_params():,}", run_dir)
         if trainer.corpus.lines_split:
@@ -142,12 +148,14 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
         flag = _StopFlag()
         old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            summary = train(trainer, flag, quiet)
+            with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss, not 20 warnings
+                summary = train(trainer, flag, quiet)
         except TrainingDiverged as e:
+            last = run_dir / "last.npz"
+            kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
             raise TrainingDiverged(
                 f"{e}. Try a lower train.lr (now {cfg.train.lr}) or turn on clipping (train.clip, "
-                f"train.clip_norm). Nothing non-finite was saved: {run_dir / 'last.npz'} holds the last good "
-                "checkpoint.") from None
+                f"train.clip_norm). Nothing non-finite was saved: {kept}.") from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -157,6 +165,13 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
         raise click.exceptions.Exit(130)
     best = f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz" if summary.history else ""
     log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
+
+
+def _finite(ctx, param, value):
+    """FloatRange lets nan and inf through; a temperature must be a real number."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def _echo_stream(pieces) -> None:
@@ -169,7 +184,7 @@ def _echo_stream(pieces) -> None:
 @main.command("sample")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
-@click.option("--temp", type=click.FloatRange(min=0, min_open=True),
+@click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=_finite,
               help="Temperature (> 0); lower is safer.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models).")
 @click.option("--length", type=click.IntRange(min=0), help="Characters to write (stream models).")

@@ -145,7 +145,7 @@ class TrainConfig(_Section):
     lr: float = _f(0.002, POS_FLOAT, "base learning rate")
     regc: float = _f(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
     clip: float = _f(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
-    clip_norm: float = _f(0.0, NONNEG_FLOAT, "global gradient-norm clip, 0 = off")
+    clip_norm: float = _f(0.0, NONNEG_FLOAT, "global-norm clip of the per-character loss gradient, 0 = off")
     lr_schedule: str = _f("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
     lr_decay: float = _f(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"), "step schedule: lr factor")
     lr_decay_every: int = _f(1000, POS_INT, "step schedule: steps between decays")
@@ -248,7 +248,7 @@ def resolve_config_path(name: str) -> Path:
         if candidate.is_file():
             return candidate
     names = sorted(p.name for p in bundled.glob("*.yaml")) if bundled.is_dir() else []
-    close = difflib.get_close_matches(str(name), names, n=1)
+    close = difflib.get_close_matches(Path(str(name)).stem, [Path(n).stem for n in names], n=1)  # lstn: lstm
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"config {name}: no such file and no bundled config of that name "
                       f"(bundled configs: {', '.join(names) or 'none'}){hint}")

@@ -66,6 +66,10 @@ def corpus_path(cfg: Config) -> str:
     return cfg.data.corpus if cfg.data.corpus is not None else str(bundled_corpus_path())
 
 
+def _name(path: str) -> str:
+    return "stdin (--corpus -)" if path == "-" else path
+
+
 def _cap_sentences(seqs: list, max_chars: int) -> list:
     if max_chars <= 0:
         return seqs
@@ -82,7 +86,7 @@ def load_sentences(cfg: Config, path: str, vocab: Vocab | None) -> Corpus:
     d = cfg.data
     lines, n_split = sentence_lines(read_text(path), d.max_line_len)
     if not lines:
-        raise DataError(f"{path}: no sentences (the corpus is empty or holds only whitespace)")
+        raise DataError(f"{_name(path)}: no sentences (the corpus is empty or holds only whitespace)")
     train_lines, val_lines = split_train_val(lines, d.val_fraction, cfg.train.seed)
     vocab = vocab if vocab is not None else Vocab.build(train_lines, d.min_count)
     batcher = SentenceBatcher(encode_sentences(train_lines, vocab), d.batch_size)
@@ -99,7 +103,7 @@ def load_stream(cfg: Config, path: str, vocab: Vocab | None, cache_dir: Path | N
     else:
         vocab, ids = encode_file_to_ids(path, vocab, d.min_count, cache_dir)
     if len(ids) == 0:
-        raise DataError(f"{path}: the corpus is empty")
+        raise DataError(f"{_name(path)}: the corpus is empty")
     n_val = int(math.floor(len(ids) * d.val_fraction))
     train_ids, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
     if cfg.train.eval_max_chars > 0:

@@ -13,7 +13,7 @@ reads each non-empty line as one sentence.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -87,13 +87,13 @@ def score_text(model: CharModel, vocab: Vocab, text: str, mode: str, max_line_le
     return _score(nats, n, unknown)
 
 
-def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> list[float]:
+def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> Iterator[float]:
     """Bits per char of each line on its own (NaN for a line with nothing to score), in input order.
 
     A sentence model scores `BOUNDARY line BOUNDARY`; a stream model scores the
     line's characters and its newline, read from a fresh state after a newline.
+    Scores are yielded one at a time, so `eval --per-line big.txt | head` answers at once.
     """
-    out = []
     for line in lines:
         if mode == "sentences":
             nats, n = batch_nats(model, line_batches(vocab, [line]) if line.strip() else [])
@@ -102,5 +102,4 @@ def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> 
             mask = (ids[1:] != UNKNOWN).astype(np.float32)[:, None]
             res = model.loss(ids[:-1, None], ids[1:, None], mask, needs_backprop=False)
             nats, n = res.nats, int(mask.sum())
-        out.append(nats / n / math.log(2) if n else float("nan"))
-    return out
+        yield nats / n / math.log(2) if n else float("nan")

@@ -27,8 +27,13 @@ class RunLock:
         self.run_dir, self.fd = run_dir, None
 
     def __enter__(self) -> RunLock:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            why = "a file is in the way" if isinstance(err, (FileExistsError, NotADirectoryError)) else ""
+            raise CheckpointError(f"cannot use {self.run_dir} as the run directory: "
+                                  f"{why or err.strerror or err}; choose another --run-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -39,6 +44,8 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd
+        for tmp in [*self.run_dir.glob(".*.npz.*.tmp"), *self.run_dir.glob("cache/.*.tmp.npy")]:
+            tmp.unlink(missing_ok=True)  # left by a kill -9 mid-write; only the lock holder writes here
         return self
 
     def __exit__(self, *exc) -> None:

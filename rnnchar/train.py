@@ -26,8 +26,9 @@ from tqdm import tqdm
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
+from .data import Vocab
 from .evaluate import batch_nats
-from .model import CharModel
+from .model import CharModel, ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
 
@@ -64,15 +65,31 @@ class Trainer:
             self._restore(ckpt)
 
     def _restore(self, ckpt: Checkpoint) -> None:
+        """Take over a checkpoint's state; ValueError (ShapeError) names what does not fit this model."""
         self.model.load_params(ckpt.params)
-        self.opt.load_state({k: v for k, v in ckpt.opt_state.items() if not k.startswith("carry/")})
+        slots = {k: v for k, v in ckpt.opt_state.items() if not k.startswith("carry/")}
+        for key, arr in slots.items():
+            p = self.model.params.get(key.partition("/")[2])
+            if (p.shape if p is not None else ()) != arr.shape:
+                raise ShapeError(f"optimizer slot {key} has shape {arr.shape}, expected "
+                                 f"{p.shape if p is not None else 'a scalar'}")
+        self.opt.load_state(slots)
         carry = {k: v for k, v in ckpt.opt_state.items() if k.startswith("carry/")}
         if carry:
-            shape = self.model.zero_state(1)
-            self.carry = [tuple(carry[f"carry/{j}/{k}"] for k in range(len(s))) for j, s in enumerate(shape)]
-        self.rng.bit_generator.state = ckpt.rng_state
+            zero = self.model.zero_state(self.cfg.data.batch_size)
+            want = {f"carry/{j}/{k}": a.shape for j, s in enumerate(zero) for k, a in enumerate(s)}
+            got = {k: v.shape for k, v in carry.items()}
+            if got != want:
+                raise ShapeError(f"the carried stream state has shapes {got}, the model needs {want}")
+            self.carry = [tuple(carry[f"carry/{j}/{k}"] for k in range(len(s))) for j, s in enumerate(zero)]
+        if ckpt.step < 0:
+            raise ValueError(f"the step counter is negative ({ckpt.step})")
+        try:
+            self.rng.bit_generator.state = ckpt.rng_state
+            self.best = float(ckpt.meta.get("best_val_loss", math.inf))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
-        self.best = float(ckpt.meta.get("best_val_loss", math.inf))
 
     def checkpoint(self) -> Checkpoint:
         opt_state = dict(self.opt.state)
@@ -95,8 +112,9 @@ class Trainer:
         if not math.isfinite(res.loss):
             raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
         res.graph.backward()
-        if cfg.clip_norm > 0:
-            clip_global_norm(model.params, cfg.clip_norm)
+        if cfg.clip_norm > 0:  # on the per-character mean loss (PyTorch's convention), which is
+            # the loss we differentiate (summed over steps) divided by the characters per row
+            clip_global_norm(model.params, cfg.clip_norm * max(res.n_chars, 1) / batch.inputs.shape[1])
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
@@ -105,8 +123,9 @@ class Trainer:
         return res.nats / max(res.n_chars, 1), res.n_chars
 
     def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
+        """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short."""
         nats, n = batch_nats(self.model, self.corpus.val_batches(), should_stop)
-        return (nats / n if n else math.nan), n
+        return (nats / n if n and not should_stop() else math.nan), n
 
     def log_samples(self) -> None:
         rng = np.random.default_rng([self.cfg.train.seed, self.step])  # never perturbs training
@@ -145,27 +164,40 @@ def _rewrite_metrics(trainer: Trainer) -> None:
         f.writelines(json.dumps(r) + "\n" for r in trainer.history)
 
 
+def _resume_diffs(old: Config, cfg: Config) -> list[str]:
+    """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
+    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()]
+    pairs.append(("data.mode", old.data.mode, cfg.data.mode))
+    if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
+        pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
+    return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
+
+
 def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -> Trainer:
     """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = None
+    ckpt = vocab = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
             raise CheckpointError(f"nothing to resume: {path} does not exist (drop --resume to start afresh)")
         ckpt = load_checkpoint(path)
-        old = config_from_dict(ckpt.config)
-        diffs = [f"model.{k}: {v!r} in the checkpoint, {getattr(cfg.model, k)!r} now"
-                 for k, v in asdict(old.model).items() if getattr(cfg.model, k) != v]
-        if old.data.mode != cfg.data.mode:
-            diffs.append(f"data.mode: {old.data.mode!r} in the checkpoint, {cfg.data.mode!r} now")
+        try:
+            old = config_from_dict(ckpt.config)
+            vocab = Vocab.from_array(ckpt.vocab)
+        except ValueError as err:  # ConfigError, DataError
+            raise CheckpointError(f"{path}: the stored config or vocabulary is invalid: {err}") from None
+        diffs = _resume_diffs(old, cfg)
         if diffs:
             raise CheckpointError("cannot resume with a different model: " + "; ".join(diffs))
-    from .data import Vocab
-    vocab = Vocab.from_array(ckpt.vocab) if ckpt is not None else None
     corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-    trainer = Trainer(cfg, run_dir, corpus, ckpt)
+    try:
+        trainer = Trainer(cfg, run_dir, corpus, ckpt)
+    except ValueError as err:  # ShapeError, a bad slot, RNG state or step: the file does not fit
+        if ckpt is None:
+            raise
+        raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")  # only once accepted
     _rewrite_metrics(trainer)
     return trainer
 
