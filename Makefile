@@ -29,5 +29,7 @@ train: $(STAMP)  ## set up and train the bundled default (resumes a finished or 
 	$(BIN)/rnnchar train --config $(CONFIG) $$resume
 	$(BIN)/rnnchar sample --temp 0.7 -n 10
 
-bench: $(STAMP)  ## speed, memory and quality benchmarks, JSON lines on stdout
-	$(BIN)/python -m rnnchar.bench $(BENCH_ARGS)
+BENCH_ARGS ?=
+TORCH_PYTHON ?=
+bench: $(STAMP)  ## speed, memory and quality benchmarks, JSON lines on stdout (TORCH_PYTHON=python with torch: vs torch_ref)
+	@$(BIN)/python -m rnnchar.bench $(if $(TORCH_PYTHON),--torch-python $(TORCH_PYTHON)) $(BENCH_ARGS)

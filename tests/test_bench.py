@@ -1,0 +1,92 @@
+"""The benchmark harness on a tiny corpus for a few steps: JSON lines, fields, interleaving. No timings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnchar import bench
+
+WORDS = "the cat sat on a warm mat while rain fell on the old town and birds sang".split()
+FIELDS = {"workload", "system", "cell", "threads", "batch", "seq", "hidden", "emb", "chars_per_sec",
+          "peak_rss_mb", "steps"}
+
+# Stands in for shared/bench/torch_ref.py: records its arguments, prints a "config" then a "result" line.
+FAKE_TORCH_REF = """
+import json, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+print(json.dumps({"event": "config", "chars_per_sec": 1.0}))
+result = {"event": "result", "chars_per_sec": 2000.0, "peak_rss_mb": 300.5, "args": sys.argv[1:]}
+if "--no-eval" not in sys.argv:
+    result["val_bpc"] = 4.25
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture
+def corpora(tmp_path) -> Path:
+    """A corpora folder with the two files the workloads read, small enough for seconds of work."""
+    folder = tmp_path / "corpora"
+    folder.mkdir()
+    lines = [" ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(4 + i % 5)).capitalize() + "."
+             for i in range(80)]
+    (folder / "sherlock-holmes-sentences.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "tinyshakespeare.txt").write_text(" ".join(lines * 3), encoding="utf-8")
+    return folder
+
+
+def run_bench(*args: str) -> list[dict]:
+    proc = subprocess.run([sys.executable, "-m", "rnnchar.bench", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_tiny_job_runs_in_a_subprocess_and_reports_its_fields(corpora):
+    spec = bench.job("tiny", "gru", 1, emb=4, hidden=8, batch=2, seq=8, steps=3, warmup=1, torch=False,
+                     corpus_path=str(corpora / "tinyshakespeare.txt"), corpus="tinyshakespeare.txt",
+                     torch_corpus="", torch_seq=8, quality=True)
+    args = bench.parse_args(["--corpora-dir", str(corpora)])
+    rec = bench.run_one(spec, "rnnchar", args)
+    assert rec is not None
+    assert FIELDS <= rec.keys()
+    assert [rec[k] for k in ("system", "cell", "hidden", "steps", "warmup")] == ["rnnchar", "gru", 8, 3, 1]
+    assert rec["chars_per_sec"] > 0 and rec["peak_rss_mb"] > 0
+    assert 0 < rec["val_bpc"] < 10 and rec["val_chars"] > 0
+
+
+def test_quick_run_interleaves_with_torch_and_prints_ratios(corpora, tmp_path):
+    fake = tmp_path / "fake_torch_ref.py"
+    fake.write_text(FAKE_TORCH_REF, encoding="utf-8")
+    lines = run_bench("--quick", "--only", "demo,memory", "--repeats", "2", "--corpora-dir", str(corpora),
+                      "--torch-python", sys.executable, "--torch-ref", str(fake), "--scale-mb", "0.1")
+    runs = [r for r in lines if r["kind"] == "run"]
+    assert all(FIELDS <= r.keys() for r in runs)
+    demo1 = [r["system"] for r in runs if r["workload"] == "demo" and r["batch"] == 1]
+    assert demo1 == ["rnnchar", "torch", "rnnchar", "torch"]  # interleaved, not grouped
+    assert [r["repeat"] for r in runs if r["workload"] == "demo" and r["batch"] == 1] == [0, 0, 1, 1]
+    torch_run = next(r for r in runs if r["system"] == "torch")
+    assert (torch_run["seq"], torch_run["chars_per_sec"], torch_run["peak_rss_mb"]) == (64, 2000.0, 300.5)
+
+    ratio = next(r for r in lines if r["kind"] == "ratio" and r["system"] == "rnnchar/torch")
+    medians = {r["system"]: r["chars_per_sec"] for r in lines if r["kind"] == "median" and r["batch"] == 1}
+    assert medians["torch"] == 2000.0
+    assert ratio["ratio"] == pytest.approx(medians["rnnchar"] / 2000.0, rel=1e-2)
+    assert any(r["system"] == "recurrentjs" and r["chars_per_sec"] == 5678 for r in lines)
+    assert not any(r["system"] == "torch" and r["batch"] == 32 for r in runs)  # no torch run asked for
+
+    memory = [r for r in runs if r["workload"] == "memory"]
+    assert [r["system"] for r in memory] == ["rnnchar"] * 4  # rnnchar only: small, big, small, big
+    assert all(r["ids_mmap"] and r["rss_after_load_mb"] <= r["peak_rss_mb"] for r in memory)
+    assert memory[0]["corpus_mb"] < 0.1 <= memory[1]["corpus_mb"]
+    assert memory[0]["ids_mb"] < memory[1]["ids_mb"]
+
+
+def test_unknown_workload_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "rnnchar.bench", "--only", "smal"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "smal" in proc.stderr
