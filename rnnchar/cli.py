@@ -60,6 +60,8 @@ class _Cli(click.Group):
             raise click.UsageError(str(e), ctx) from None
         except (DataError, CheckpointError, ShapeError, TrainingDiverged) as e:
             raise click.ClickException(str(e)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory: try a smaller model, batch or sample count") from None
         except KeyboardInterrupt:
             click.echo("rnnchar: interrupted", err=True)
             raise click.exceptions.Exit(130) from None

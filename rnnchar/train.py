@@ -168,6 +168,7 @@ def _resume_diffs(old: Config, cfg: Config) -> list[str]:
     """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
     pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()]
     pairs.append(("data.mode", old.data.mode, cfg.data.mode))
+    pairs.append(("train.optimizer", old.train.optimizer, cfg.train.optimizer))  # its slots would be lost
     if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
         pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
@@ -189,7 +190,8 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -
             raise CheckpointError(f"{path}: the stored config or vocabulary is invalid: {err}") from None
         diffs = _resume_diffs(old, cfg)
         if diffs:
-            raise CheckpointError("cannot resume with a different model: " + "; ".join(diffs))
+            raise CheckpointError("cannot resume with a different model or optimizer: " + "; ".join(diffs)
+                                  + " (use --overwrite or another --run-dir to start afresh)")
     corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
     try:
         trainer = Trainer(cfg, run_dir, corpus, ckpt)

@@ -223,3 +223,19 @@ def test_pipelines_in_real_processes(corpus):
     assert "Traceback" not in head.stderr and "Broken" not in head.stderr, head.stderr
     ev = _cli("eval", "-", "--json", input="The cat sat on the mat.\n")
     assert ev.returncode == 0 and json.loads(ev.stdout)["chars"] > 0, ev.stderr
+
+
+def test_resume_with_another_optimizer_is_refused(corpus):
+    train(corpus, steps=2)
+    r = run("train", "--corpus", corpus, "--quiet", *TINY, "--set", "train.optimizer=adam", "--resume")
+    assert r.exit_code == 1 and "train.optimizer" in r.output and "'rmsprop'" in r.output
+
+
+def test_out_of_memory_is_a_clear_error(corpus, monkeypatch):
+    train(corpus, steps=2)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr("rnnchar.sample.sample_sentences", no_memory)
+    r = run("sample", "-n", 3)
+    assert r.exit_code == 1 and "out of memory" in r.output and "Traceback" not in r.output
