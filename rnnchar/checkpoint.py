@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,9 +106,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _signals_held():
+    """Hold SIGINT/SIGTERM while a checkpoint is written: a Ctrl-C lands after the write, never
+    between creating the temporary file and cleaning it up."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically: the old file is replaced only by a complete new one."""
-    path = Path(path)
+    with _signals_held():
+        _save(Path(path), ckpt)
+
+
+def _save(path: Path, ckpt: Checkpoint) -> None:
     arrays = _arrays_to_save(path, ckpt)
     folder = path.parent
     tmp = None
