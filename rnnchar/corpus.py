@@ -26,13 +26,13 @@ from .data import (
     SentenceBatcher,
     StreamBatcher,
     Vocab,
-    encode_file_to_ids,
     encode_sentences,
     read_text,
     sentence_lines,
     split_train_val,
 )
 from .evaluate import EVAL_BATCH, stream_batches
+from .idcache import encode_file_to_ids
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnchar import data
+from rnnchar import data, idcache
 from rnnchar.data import (
     BOUNDARY,
     UNKNOWN,
@@ -24,13 +24,13 @@ from rnnchar.data import (
     SentenceBatcher,
     StreamBatcher,
     Vocab,
-    encode_file_to_ids,
     encode_sentences,
     pad_batch,
     read_text,
     sentence_lines,
     split_train_val,
 )
+from rnnchar.idcache import encode_file_to_ids
 
 
 def write(tmp_path: Path, raw: bytes, name: str = "corpus.txt") -> Path:
@@ -53,10 +53,12 @@ def columns(batch, vocab: Vocab) -> list[str]:
 # ---------------------------------------------------------------- module rules
 
 
-def test_data_imports_only_numpy_and_stdlib_and_never_prints():
-    tree = ast.parse(Path(data.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [data, idcache], ids=["data", "idcache"])
+def test_data_imports_only_numpy_and_stdlib_and_never_prints(module):
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}  # not `from .data`
     assert imported - {"numpy", "__future__"} <= set(sys.stdlib_module_names), imported
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert "print" not in calls
@@ -477,7 +479,7 @@ def test_encode_file_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     for f in files:
         os.utime(f, ns=(10**18, 10**18))
     with monkeypatch.context() as m:
-        m.setattr(data, "_iter_text_chunks", lambda *a: pytest.fail("the cached file was read again"))
+        m.setattr(idcache, "_iter_text_chunks", lambda *a: pytest.fail("the cached file was read again"))
         vocab2, ids2 = encode_file_to_ids(path, None, 1, cache, chunk_chars=4)
         vocab3, ids3 = encode_file_to_ids(path, Vocab(vocab.chars), 1, cache)
     assert vocab2 == vocab and ids2.tolist() == SMALL_IDS and ids3.tolist() == SMALL_IDS
