@@ -133,6 +133,8 @@ class DataConfig(_Section):
     batch_size: int = _f(32, POS_INT, "sequences per batch (B)")
     seq_len: int = _f(64, POS_INT, "stream mode: characters per BPTT window (T)")
     max_line_len: int = _f(500, POS_INT, "sentences mode: maximum line length in characters")
+    stream_order: str = _f("sequential", _choice("sequential", "random"),
+                           "stream mode: sequential windows, state carried; or random windows, zero state")
 
 
 @dataclass

@@ -44,10 +44,12 @@ class Corpus:
     source: str
     lines_split: int = 0            # sentence mode: over-long lines cut into pieces
 
+    order: str = "sequential"       # stream mode: sequential (truncated BPTT) or random windows
+
     def train_batch(self, step: int, rng: np.random.Generator):
-        if isinstance(self.batcher, StreamBatcher):
-            return self.batcher.batch(step)
-        return self.batcher.batch(rng)
+        if isinstance(self.batcher, SentenceBatcher):
+            return self.batcher.batch(rng)
+        return self.batcher.random_batch(rng) if self.order == "random" else self.batcher.batch(step)
 
     def val_batches(self):
         if len(self.val) == 0:
@@ -108,7 +110,8 @@ def load_stream(cfg: Config, path: str, vocab: Vocab | None, cache_dir: Path | N
     train_ids, val = ids[: len(ids) - n_val], ids[len(ids) - n_val:]
     if cfg.train.eval_max_chars > 0:
         val = val[: cfg.train.eval_max_chars]
-    return Corpus("stream", vocab, StreamBatcher(train_ids, d.batch_size, d.seq_len), val, path)
+    return Corpus("stream", vocab, StreamBatcher(train_ids, d.batch_size, d.seq_len), val, path,
+                  order=d.stream_order)
 
 
 def load_corpus(cfg: Config, vocab: Vocab | None = None, cache_dir: Path | None = None) -> Corpus:

@@ -295,6 +295,13 @@ class StreamBatcher:
         block = np.asarray(self.ids[pos], dtype=np.int32)  # (T+1, B): reads only these ids
         return Batch(block[:-1], block[1:].copy(), np.ones((T, self.batch_size), np.float32), reset=k == 0)
 
+    def random_batch(self, rng: np.random.Generator) -> Batch:
+        """B windows of seq_len at random offsets anywhere in the text, each from a zero state."""
+        T = self.seq_len
+        starts = rng.integers(0, len(self.ids) - T, size=self.batch_size)  # (B,)
+        block = np.asarray(self.ids[starts + np.arange(T + 1)[:, None]], dtype=np.int32)  # (T+1, B)
+        return Batch(block[:-1], block[1:].copy(), np.ones((T, self.batch_size), np.float32), reset=True)
+
     def iter_all(self) -> Iterator[Batch]:
         """One pass over all windows in order (reset only on the first)."""
         return (self.batch(k) for k in range(self.windows_per_epoch))

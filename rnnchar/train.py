@@ -118,7 +118,8 @@ class Trainer:
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
-        self.carry = res.state if self.corpus.mode == "stream" else None
+        carried = self.corpus.mode == "stream" and self.corpus.order == "sequential"
+        self.carry = res.state if carried else None
         self.step += 1
         return res.nats / max(res.n_chars, 1), res.n_chars
 

@@ -239,3 +239,14 @@ def test_out_of_memory_is_a_clear_error(corpus, monkeypatch):
     monkeypatch.setattr("rnnchar.sample.sample_sentences", no_memory)
     r = run("sample", "-n", 3)
     assert r.exit_code == 1 and "out of memory" in r.output and "Traceback" not in r.output
+
+
+def test_stream_order_random_trains_and_differs_from_sequential(corpus):
+    base = ["--set", "data.mode=stream", "--set", "data.seq_len=8"]
+    train(corpus, *base, "--run-dir", "seq", steps=6)
+    train(corpus, *base, "--set", "data.stream_order=random", "--run-dir", "rnd", steps=6)
+    train(corpus, *base, "--set", "data.stream_order=random", "--run-dir", "rnd2", steps=6)
+    a, b, c = params_of("seq/last.npz"), params_of("rnd/last.npz"), params_of("rnd2/last.npz")
+    assert not np.array_equal(a["decoder.W"], b["decoder.W"])  # other batches were drawn
+    assert all(np.array_equal(b[k], c[k]) for k in b)  # and drawn reproducibly from the seed
+    assert "carry/0/0" not in load_checkpoint("rnd/last.npz").opt_state  # no state carried
