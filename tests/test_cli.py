@@ -91,9 +91,11 @@ def test_existing_run_is_not_overwritten_silently(corpus):
     assert load_checkpoint("runs/default/last.npz").step == 3
 
 
-@pytest.mark.parametrize("mode", ["sentences", "stream"])
+@pytest.mark.parametrize("mode", ["sentences", "stream", "stream-random"])
 def test_resume_is_bit_exact(corpus, mode):
-    extra = ["--set", f"data.mode={mode}", "--set", "data.seq_len=8"]
+    extra = ["--set", f"data.mode={mode.split('-')[0]}", "--set", "data.seq_len=8"]
+    if mode.endswith("random"):
+        extra += ["--set", "data.stream_order=random"]
     train(corpus, *extra, "--run-dir", "straight", steps=12)
     train(corpus, *extra, "--run-dir", "split", steps=7)
     train(corpus, *extra, "--run-dir", "split", "--resume", steps=12)
