@@ -100,6 +100,35 @@ class _StopFlag:
         log.warning("stopping: saving the checkpoint (press Ctrl-C again to abort without saving)")
 
 
+def _corpus_option(corpus: str) -> str:
+    """--corpus as an absolute path (or - for stdin); a bad path is a bad invocation."""
+    if corpus == "-":
+        return corpus
+    if not Path(corpus).is_file():
+        why = ("is a directory, not a text file" if Path(corpus).is_dir() else "is not a regular file"
+               if Path(corpus).exists() else "does not exist")
+        raise click.BadParameter(f"{corpus} {why}", param_hint="--corpus")
+    return str(Path(corpus).resolve())
+
+
+def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
+    """Train with Ctrl-C/SIGTERM turned into a stop flag; divergence says what to try."""
+    flag = _StopFlag()
+    old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss, not 20 warnings
+            return train(trainer, flag, quiet)
+    except TrainingDiverged as e:
+        last = run_dir / "last.npz"
+        kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"{e}. Try a lower train.lr (now {trainer.cfg.train.lr}) or turn on clipping (train.clip, "
+            f"train.clip_norm). Nothing non-finite was saved: {kept}.") from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @main.command("train")
 @click.option("--config", "-c", "config_name", metavar="YAML",
               help="Config file, or a bundled name: rnn, lstm, gru, gf-rnn, gf-gru, gf-lstm, demo.")
@@ -126,11 +155,7 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
     path = resolve_config_path(config_name) if config_name else None
     cfg = load_config(path, sets)
     if corpus is not None:
-        if corpus != "-" and not Path(corpus).is_file():
-            why = ("is a directory, not a text file" if Path(corpus).is_dir() else "is not a regular file"
-                   if Path(corpus).exists() else "does not exist")
-            raise click.BadParameter(f"{corpus} {why}", param_hint="--corpus")
-        cfg.data.corpus = corpus if corpus == "-" else str(Path(corpus).resolve())
+        cfg.data.corpus = _corpus_option(corpus)
     run_dir = run_dir or Path("runs") / (path.stem if path else "default")
     with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
         if (run_dir / "last.npz").exists() and not (resume or overwrite):
@@ -147,20 +172,7 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
         if trainer.corpus.lines_split:
             log.warning("%d lines longer than data.max_line_len=%d were split into pieces",
                         trainer.corpus.lines_split, cfg.data.max_line_len)
-        flag = _StopFlag()
-        old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss, not 20 warnings
-                summary = train(trainer, flag, quiet)
-        except TrainingDiverged as e:
-            last = run_dir / "last.npz"
-            kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
-            raise TrainingDiverged(
-                f"{e}. Try a lower train.lr (now {cfg.train.lr}) or turn on clipping (train.clip, "
-                f"train.clip_norm). Nothing non-finite was saved: {kept}.") from None
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        summary = _train_until_done_or_stopped(trainer, run_dir, quiet)
     if summary.interrupted:
         click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
                    "(continue with --resume)", err=True)
