@@ -38,7 +38,8 @@ class EvalResult:
         return asdict(self)
 
 
-def _score(nats: float, n: int, unknown: int) -> EvalResult:
+def result_from_nats(nats: float, n: int, unknown: int) -> EvalResult:
+    """Bits per char and perplexity from total nats over n scored characters (NaN when n is 0)."""
     if n == 0:
         return EvalResult(float("nan"), float("nan"), 0, unknown)
     return EvalResult(nats / n / math.log(2), math.exp(nats / n), n, unknown)
@@ -80,11 +81,11 @@ def score_text(model: CharModel, vocab: Vocab, text: str, mode: str, max_line_le
     else:
         ids = vocab.encode(text)
         if len(ids) < 2:
-            return _score(0.0, 0, unknown)
+            return result_from_nats(0.0, 0, unknown)
         batches = stream_batches(ids)
     hide = None if len(text) >= PROGRESS_CHARS else True  # None: tqdm shows it only on a terminal
     nats, n = batch_nats(model, tqdm(batches, desc="scoring", unit="batch", leave=False, disable=hide))
-    return _score(nats, n, unknown)
+    return result_from_nats(nats, n, unknown)
 
 
 def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> Iterator[float]:

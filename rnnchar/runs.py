@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, config_from_dict
+from .corpus import load_corpus
 from .data import DataError, Vocab
-from .evaluate import EvalResult, batch_nats
+from .evaluate import EvalResult, batch_nats, result_from_nats
 from .model import CharModel, ShapeError
 from .train import build_model
 
@@ -80,10 +80,8 @@ def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
 
 def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
     """Bits per char on the held-out split of the corpus the model was trained on."""
-    from .corpus import load_corpus
-
     corpus = load_corpus(cfg, vocab=vocab)
     nats, n = batch_nats(model, corpus.val_batches())
     if n == 0:
         raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
-    return EvalResult(nats / n / math.log(2), math.exp(nats / n), n, 0)
+    return result_from_nats(nats, n, 0)
