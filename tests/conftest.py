@@ -9,3 +9,10 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 # the finite-difference helpers in tests/gradcheck.py are shared by several test modules
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Property tests check correctness, not speed: on a busy CI machine Hypothesis's default
+# 200 ms per-example deadline fails examples that are merely slow.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("rnnchar", deadline=None)
+settings.load_profile("rnnchar")
