@@ -115,10 +115,12 @@ class ModelConfig(_Section):
     embed_size: int = _f(32, POS_INT, "size of the character embedding")
     activation: str = _f("tanh", _choice("tanh", "relu"), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
     gate: str = _f("scalar", _choice("scalar", "vector"), "gated feedback: scalar (paper) or vector gates")
-    forget_bias: float = _f(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
+    forget_bias: float = _f(0.0, ANY_FLOAT, "initial LSTM forget-gate bias (torch: 0; char-rnn: 1)")
     dtype: str = _f("float32", _choice("float32", "float64"), "floating-point precision of training")
     init_scale: float = _f(0.0, NONNEG_FLOAT,
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
+    candidate_gain: float = _f(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple of "
+                               "the gates' scale")
 
 
 @dataclass
