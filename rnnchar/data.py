@@ -19,6 +19,8 @@ import numpy as np
 
 BOUNDARY = 0  # start/end-of-sentence token id
 UNKNOWN = 1  # id for characters below min_count or unseen at training time
+EVAL_BATCH = 32  # sentences or parallel streams scored at once (validation, eval)
+EVAL_SEQ = 256  # window length when scoring a stream (state carried across windows)
 
 
 class DataError(ValueError):
@@ -305,3 +307,15 @@ class StreamBatcher:
     def iter_all(self) -> Iterator[Batch]:
         """One pass over all windows in order (reset only on the first)."""
         return (self.batch(k) for k in range(self.windows_per_epoch))
+
+
+def sentence_batches(seqs: list[np.ndarray], batch_size: int = EVAL_BATCH) -> Iterator[Batch]:
+    """Every encoded sentence once, in batches of up to batch_size (nothing for no sentences)."""
+    return SentenceBatcher(seqs, min(batch_size, len(seqs))).iter_all() if seqs else iter(())
+
+
+def stream_batches(ids: np.ndarray, streams: int = EVAL_BATCH, seq_len: int = EVAL_SEQ) -> Iterator[Batch]:
+    """Windows over `ids` (at least 2) in up to `streams` parallel streams (fewer for short texts)."""
+    B = max(1, min(streams, (len(ids) - 1) // 2))
+    T = max(1, min(seq_len, (len(ids) - 1) // B - 1))
+    return StreamBatcher(ids, B, T).iter_all()

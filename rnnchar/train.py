@@ -24,11 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
+from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .evaluate import batch_nats
-from .model import CharModel, ShapeError
+from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
 
@@ -45,10 +45,6 @@ class Summary:
     interrupted: bool = False
     best_val_bpc: float = math.inf
     history: list = field(default_factory=list)
-
-
-def build_model(cfg: Config, vocab_size: int) -> CharModel:
-    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
 
 
 class Trainer:
