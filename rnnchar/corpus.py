@@ -47,6 +47,11 @@ class Corpus:
 
     order: str = "sequential"       # stream mode: sequential (truncated BPTT) or random windows
 
+    @property
+    def carries_state(self) -> bool:
+        """True when a training batch continues the previous one, so its final hidden state is kept."""
+        return self.mode == "stream" and self.order == "sequential"
+
     def train_batch(self, step: int, rng: np.random.Generator):
         if isinstance(self.batcher, SentenceBatcher):
             return self.batcher.batch(rng)
