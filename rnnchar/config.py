@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
+from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
+from .optim import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -35,7 +37,6 @@ class _Bad(Exception):
 # -- value checks: each returns the (coerced) value or raises _Bad(expected) --
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
 
 
 def _rule(ok, what: str, convert=lambda v: v):
@@ -117,8 +118,8 @@ class ModelConfig(_Section):
     hidden_sizes: list[int] = _key([128, 128], SIZES,
                                    "hidden units per layer, bottom first; sizes may differ")
     embed_size: int = _key(32, POS_INT, "size of the character embedding")
-    activation: str = _key("tanh", _choice("tanh", "relu"), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
-    gate: str = _key("scalar", _choice("scalar", "vector"), "gated feedback: scalar (paper) or vector gates")
+    activation: str = _key("tanh", _choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
+    gate: str = _key("scalar", _choice(*GATES), "gated feedback: scalar (paper) or vector gates")
     forget_bias: float = _key(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
     dtype: str = _key("float32", _choice("float32", "float64"), "floating-point precision of training")
     init_scale: float = _key(0.0, NONNEG_FLOAT,
@@ -147,7 +148,7 @@ class TrainConfig(_Section):
 
     SECTION: ClassVar[str] = "train"
     steps: int = _key(3000, NONNEG_INT, "number of optimizer updates")
-    optimizer: str = _key("rmsprop", _choice("rmsprop", "adam", "sgd"), "rmsprop (RecurrentJS), adam or sgd")
+    optimizer: str = _key("rmsprop", _choice(*OPTIMIZERS), "rmsprop (RecurrentJS), adam or sgd")
     lr: float = _key(0.002, POS_FLOAT, "base learning rate")
     regc: float = _key(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
     clip: float = _key(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
