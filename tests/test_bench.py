@@ -90,3 +90,13 @@ def test_unknown_workload_is_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "rnnchar.bench", "--only", "smal"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "smal" in proc.stderr
+
+
+def test_quality_workload_measures_the_model_defaults():
+    """Only the shape is set on the model: its initialisation (forget bias, gains) is the default one."""
+    specs = [spec for group in bench.plan("quality", bench.parse_args([])) for spec in group]
+    assert {s["cell"] for s in specs} == {"lstm", "gru", "rnn"}
+    for spec in specs:
+        ov = bench._overrides({**spec, "corpus_path": "x.txt"})
+        model_keys = {o.partition("=")[0] for o in ov if o.startswith("model.")}
+        assert model_keys == {"model.cell", "model.embed_size", "model.hidden_sizes"}, ov
