@@ -329,3 +329,10 @@ def test_lr_warmup_multiplies_schedule(schedule, step, expected):
 def test_lr_negative_step():
     with pytest.raises(ValueError):
         lr_at(train_cfg(), -1)
+
+
+@pytest.mark.parametrize("path", sorted(C.bundled_config_dir().glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_config_loads(path):
+    cfg = load_config(path.name)
+    assert cfg.model.cell in ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+    assert cfg.train.steps > 0
