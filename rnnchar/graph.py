@@ -11,7 +11,11 @@ tape; `Graph.backward()` runs the tape in reverse (no recursion, no sort).
     g.backward()                             # W.dw, b.dw, Wy.dw now hold d loss
 
 Gradients accumulate (`+=`) as in RecurrentJS; an optimizer step zeroes them.
-Only numpy is imported here.
+The primitive ops are below; `Graph` also inherits the fused one-step cell ops
+(`lstm_gates`, `gru_reset`, `gru_update`) from `fused.FusedOps` and the
+whole-sequence layer ops (`lstm_layer`, `gru_layer`, `rnn_layer`) from
+`sequence.SequenceOps`. Every op records its backward through `_record`.
+Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .fused import FusedOps
-from .mat import Mat, _acc, _sigmoid, _tanh, _unbroadcast
+from .mat import Mat, accumulate, sigmoid, unbroadcast
+from .sequence import SequenceOps
 
 __all__ = ["Graph", "Mat", "OPS"]
 
 
-class Graph(FusedOps):
+class Graph(FusedOps, SequenceOps):
     """Records ops for backprop when `needs_backprop` is true; otherwise only computes."""
 
     def __init__(self, needs_backprop: bool = True):
@@ -40,7 +45,7 @@ class Graph(FusedOps):
             step()
         for b, lefts, grads in self._deferred.values():  # one product per deferred weight
             if lefts:
-                _acc(b, np.concatenate(lefts).T @ np.concatenate(grads), fresh=True)
+                accumulate(b, np.concatenate(lefts).T @ np.concatenate(grads), donate=True)
                 lefts.clear()
                 grads.clear()
 
@@ -54,11 +59,23 @@ class Graph(FusedOps):
         for w in weights:
             self._deferred.setdefault(id(w), (w, [], []))
 
-    def _record(self, out: Mat, fn: Callable[[np.ndarray], None]) -> Mat:
+    def _record(self, out, fn: Callable[..., None]):
+        """Push `fn` (the backward of the op that made `out`) on the tape; return `out`.
+
+        `out` is one Mat, then `fn(d)` gets its gradient, or a tuple of Mats, then
+        `fn(*ds)` gets one gradient per output (None where no gradient reached it).
+        `fn` is not called when no gradient reached any output.
+        """
         if self.needs_backprop:
-            def step():
-                if out._dw is not None:  # no gradient reached `out`: nothing to send back
-                    fn(out._dw)
+            if isinstance(out, Mat):
+                def step():
+                    if out._dw is not None:
+                        fn(out._dw)
+            else:
+                def step():
+                    ds = [m._dw for m in out]
+                    if any(d is not None for d in ds):
+                        fn(*ds)
             self.tape.append(step)
         return out
 
@@ -70,12 +87,12 @@ class Graph(FusedOps):
         deferred = self._deferred.get(id(b))
 
         def back(d):
-            _acc(a, d @ b.w.T, fresh=True)
+            accumulate(a, d @ b.w.T, donate=True)
             if deferred is not None:  # d is out's own gradient: no later op writes to it
                 deferred[1].append(a.w)
                 deferred[2].append(d)
             else:
-                _acc(b, a.w.T @ d, fresh=True)
+                accumulate(b, a.w.T @ d, donate=True)
         return self._record(out, back)
 
     def add(self, a: Mat, b: Mat) -> Mat:
@@ -83,8 +100,8 @@ class Graph(FusedOps):
         out = Mat(a.w + b.w)
 
         def back(d):
-            _acc(a, _unbroadcast(d, a.shape))
-            _acc(b, _unbroadcast(d, b.shape))
+            accumulate(a, unbroadcast(d, a.shape))
+            accumulate(b, unbroadcast(d, b.shape))
         return self._record(out, back)
 
     def eltmul(self, a: Mat, b: Mat) -> Mat:
@@ -92,8 +109,8 @@ class Graph(FusedOps):
         out = Mat(a.w * b.w)
 
         def back(d):
-            _acc(a, _unbroadcast(d * b.w, a.shape), fresh=True)
-            _acc(b, _unbroadcast(d * a.w, b.shape), fresh=True)
+            accumulate(a, unbroadcast(d * b.w, a.shape), donate=True)
+            accumulate(b, unbroadcast(d * a.w, b.shape), donate=True)
         return self._record(out, back)
 
     def scale(self, a: Mat, k: float) -> Mat:
@@ -101,7 +118,7 @@ class Graph(FusedOps):
         out = Mat(a.w * a.w.dtype.type(k))
 
         def back(d):
-            _acc(a, d * a.w.dtype.type(k), fresh=True)
+            accumulate(a, d * a.w.dtype.type(k), donate=True)
         return self._record(out, back)
 
     def one_minus(self, a: Mat) -> Mat:
@@ -109,30 +126,30 @@ class Graph(FusedOps):
         out = Mat(1 - a.w)
 
         def back(d):
-            _acc(a, -d, fresh=True)
+            accumulate(a, -d, donate=True)
         return self._record(out, back)
 
     # -- nonlinearities: backward reuses the forward result ------------------------
 
     def tanh(self, a: Mat) -> Mat:
-        out = Mat(_tanh(a.w))
+        out = Mat(np.tanh(a.w))
 
         def back(d):
-            _acc(a, d * (1 - out.w * out.w), fresh=True)
+            accumulate(a, d * (1 - out.w * out.w), donate=True)
         return self._record(out, back)
 
     def sigmoid(self, a: Mat) -> Mat:
-        out = Mat(_sigmoid(a.w))
+        out = Mat(sigmoid(a.w))
 
         def back(d):
-            _acc(a, d * out.w * (1 - out.w), fresh=True)
+            accumulate(a, d * out.w * (1 - out.w), donate=True)
         return self._record(out, back)
 
     def relu(self, a: Mat) -> Mat:
         out = Mat(np.maximum(a.w, 0))
 
         def back(d):
-            _acc(a, d * (a.w > 0), fresh=True)
+            accumulate(a, d * (a.w > 0), donate=True)
         return self._record(out, back)
 
     # -- gathering and reshaping ----------------------------------------------------
@@ -153,7 +170,7 @@ class Graph(FusedOps):
 
         def back(d):
             for m, lo, hi in zip(mats, edges[:-1], edges[1:]):
-                _acc(m, d[:, lo:hi])
+                accumulate(m, d[:, lo:hi])
         return self._record(out, back)
 
     def split(self, a: Mat, sizes: Sequence[int]) -> list[Mat]:
@@ -186,7 +203,7 @@ class Graph(FusedOps):
 
         def back(d):
             for m, lo, hi in zip(mats, edges[:-1], edges[1:]):
-                _acc(m, d[lo:hi])
+                accumulate(m, d[lo:hi])
         return self._record(out, back)
 
     # -- loss --------------------------------------------------------------------------
@@ -209,13 +226,11 @@ class Graph(FusedOps):
             grad = ez / sum_ez
             grad[rows, targets] -= 1
             grad *= weight.astype(grad.dtype)[:, None]
-            _acc(logits, grad, fresh=True)
+            accumulate(logits, grad, donate=True)
         return loss
 
 
-OPS = (
-    "matmul", "add", "eltmul", "scale", "one_minus", "tanh", "sigmoid", "relu",
-    "embed", "concat", "split", "columns", "rows", "stack_rows", "softmax_cross_entropy", "lstm_gates",
-    "gru_reset", "gru_update", "defer_grads",
-)
-"""Every op of `Graph`; tests check each against finite differences and that none is missing."""
+NOT_OPS = ("backward", "defer_grads")
+OPS = tuple(sorted(n for n in dir(Graph) if not n.startswith("_") and callable(getattr(Graph, n))
+                   and n not in NOT_OPS))
+"""Every op of `Graph` (derived from the class); tests check each against finite differences."""

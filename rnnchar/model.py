@@ -7,17 +7,16 @@
 
 The loss is summed over time steps and averaged over the batch, so batch 1
 reproduces RecurrentJS's numbers. Parameters have dotted names ("embed.W",
-"layer0.Wx", "decoder.W"). Only numpy is imported here.
+"layer0.Wx", "decoder.W"). Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import make_stack
+from .cells import init_weight, make_stack
 from .graph import Graph, Mat
 
 
@@ -49,9 +48,7 @@ class CharModel:
         embed = Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)
         self.params: dict[str, Mat] = {"embed.W": embed}
         self.params.update(self.stack.params)
-        scale = init_scale if init_scale > 0 else 1 / math.sqrt(H)
-        self.params["decoder.W"] = (Mat.randn(H, vocab_size, scale, rng, self.dtype) if init_scale > 0
-                                    else Mat.uniform(H, vocab_size, scale, rng, self.dtype))
+        self.params["decoder.W"] = init_weight(H, vocab_size, H, init_scale, rng, self.dtype)
         self.params["decoder.b"] = Mat.zeros(1, vocab_size, self.dtype)
 
     def zero_state(self, B: int) -> list:
@@ -60,8 +57,7 @@ class CharModel:
     def _logits(self, g: Graph, ids: np.ndarray, state: list) -> tuple[Mat, list]:
         T, B = ids.shape
         x = g.embed(self.params["embed.W"], ids.reshape(-1))  # (T*B, E)
-        outs, state = self.stack.forward(g, x, T, B, state)
-        top = g.stack_rows(*outs) if len(outs) > 1 else outs[0]  # (T*B, H): one decoder product
+        top, state = self.stack.forward(g, x, T, B, state)  # (T*B, H): one decoder product
         logits = g.add(g.matmul(top, self.params["decoder.W"]), self.params["decoder.b"])  # (T*B, V)
         return logits, [tuple(m.w for m in s) for s in state]
 

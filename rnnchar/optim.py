@@ -9,7 +9,7 @@ Every optimizer keeps its state as a flat dict of arrays keyed "slot/param-name"
 
 `regc` is RecurrentJS's L2 decay: `w -= regc * w` each step, not scaled by lr,
 applied to every parameter (the same for all three optimizers).
-Only numpy is imported here.
+Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
