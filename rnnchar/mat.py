@@ -28,7 +28,11 @@ class Mat:
 
     @dw.setter
     def dw(self, value) -> None:
-        self._dw = np.asarray(value, dtype=self.w.dtype)
+        value = np.asarray(value, dtype=self.w.dtype)
+        if self._dw is not None and self._dw.shape == value.shape:
+            self._dw[...] = value  # in place: a parameter's dw is a view into its model's flat buffer
+        else:
+            self._dw = value
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -48,6 +52,34 @@ class Mat:
     @classmethod
     def uniform(cls, n: int, d: int, scale: float, rng: np.random.Generator, dtype=np.float32) -> Mat:
         return cls(rng.uniform(-scale, scale, (n, d)).astype(dtype))
+
+
+class FlatParams(dict):
+    """Named Mats whose `w` and `dw` are views into one flat `w` and one flat `dw` array.
+
+    Built from a dict of Mats: their values are copied in and each Mat then holds
+    views, so an op that writes `p.w` or accumulates into `p.dw` writes the flat
+    buffers, and an optimizer (or an allreduce of the gradients) makes one pass
+    over them. Still a plain `dict[str, Mat]` to everyone else.
+    """
+
+    def __init__(self, mats: dict[str, Mat]):
+        super().__init__(mats)
+        dtype = np.result_type(*(m.w.dtype for m in mats.values())) if mats else np.float32
+        n = sum(m.w.size for m in mats.values())
+        self.w, self.dw = np.empty(n, dtype), np.zeros(n, dtype)
+        lo = 0
+        for m in mats.values():
+            hi = lo + m.w.size
+            self.w[lo:hi] = m.w.reshape(-1)
+            if m._dw is not None:
+                self.dw[lo:hi] = m._dw.reshape(-1)
+            m.w, m._dw = self.w[lo:hi].reshape(m.w.shape), self.dw[lo:hi].reshape(m.w.shape)
+            lo = hi
+
+    def layout(self) -> tuple:
+        """(name, shape) of every parameter in buffer order: what an optimizer's flat slots must match."""
+        return tuple((name, m.w.shape) for name, m in self.items())
 
 
 def accumulate(m: Mat, g: np.ndarray, donate: bool = False) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .cells import init_weight, make_stack
 from .graph import Graph, Mat
+from .mat import FlatParams
 
 
 class ShapeError(ValueError):
@@ -50,6 +51,12 @@ class CharModel:
         self.params.update(self.stack.params)
         self.params["decoder.W"] = init_weight(H, vocab_size, H, init_scale, rng, self.dtype)
         self.params["decoder.b"] = Mat.zeros(1, vocab_size, self.dtype)
+        self.params = FlatParams(self.params)  # every w and dw a view into one flat buffer each
+
+    @property
+    def flat_grad(self) -> np.ndarray:
+        """Every parameter's gradient in one flat array (the views' buffer): what data parallelism sums."""
+        return self.params.dw
 
     def zero_state(self, B: int) -> list:
         return self.stack.zero_state(B, self.dtype)
@@ -87,8 +94,8 @@ class CharModel:
             a = np.asarray(arrays[name])
             if a.shape != p.shape:
                 raise ShapeError(f"parameter {name} has shape {a.shape}, the model needs {p.shape}")
-            p.w = a.astype(self.dtype, copy=True)
-            p._dw = None
+            p.w[...] = a  # into the flat buffer (cast to the model's dtype)
+            p.dw[...] = 0
 
     def n_params(self) -> int:
         return sum(p.w.size for p in self.params.values())
