@@ -21,24 +21,62 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fused import gate_derivatives
-from .mat import Mat, accumulate, half_columns, squash_gates
+from .mat import Mat, accumulate
 
 
-def _project(x: Mat, Wx: Mat, b: Mat, B: int, halve: int = 0) -> np.ndarray:
-    """x Wx + b for every step, first `halve` columns halved: (T, B, G*H)."""
-    xp = x.w @ Wx.w
-    xp += b.w
-    if halve:
-        xp[:, :halve] *= 0.5
-    return xp.reshape(-1, B, xp.shape[1])
+def _blocks(W: np.ndarray, G: int) -> np.ndarray:
+    """(n, G*H) -> its G column blocks as one contiguous (G, n, H) array."""
+    n, GH = W.shape
+    return np.ascontiguousarray(W.reshape(n, G, GH // G).transpose(1, 0, 2))
+
+
+def _unblocks(W: np.ndarray) -> np.ndarray:
+    """(G, n, H) -> (n, G*H), the inverse of `_blocks`."""
+    G, n, H = W.shape
+    return np.ascontiguousarray(W.transpose(1, 0, 2)).reshape(n, G * H)
+
+
+def _project(x: Mat, Wx: Mat, b: Mat, G: int, B: int) -> np.ndarray:
+    """x Wx + b for every step, gate block by gate block: (G, T, B, H), each block contiguous.
+
+    Block-major, because NumPy's ufuncs run several times slower on a (B, H) column
+    block of a (B, G*H) row than on a contiguous (B, H) array, and a step does a
+    dozen of them; the products do not care (G products of (B, H) @ (H, H)).
+    """
+    W = x.w.shape[1]
+    xp = np.matmul(x.w, Wx.w.reshape(W, G, -1).transpose(1, 0, 2))  # (G, T*B, H)
+    xp += b.w.reshape(G, 1, -1)
+    return xp.reshape(G, -1, B, xp.shape[2])
 
 
 def _project_back(x: Mat, Wx: Mat, b: Mat, dxp: np.ndarray) -> None:
-    """Gradients of x Wx + b from d(x Wx + b) (T*B, G*H): one product each for Wx and x, one sum for b."""
-    accumulate(Wx, x.w.T @ dxp, donate=True)
-    accumulate(b, dxp.sum(axis=0, keepdims=True), donate=True)
-    accumulate(x, dxp @ Wx.w.T, donate=True)
+    """Gradients of x Wx + b from its gradient in blocks (G, T*B, H): one batched product each for Wx
+    and x, one sum for b."""
+    G, N, H = dxp.shape
+    accumulate(Wx, _unblocks(np.matmul(x.w.T, dxp)), donate=True)
+    accumulate(b, dxp.sum(axis=1).reshape(1, G * H), donate=True)
+    dx = np.matmul(dxp, Wx.w.reshape(-1, G, H).transpose(1, 2, 0))  # (G, T*B, D)
+    accumulate(x, dx.sum(axis=0), donate=True)
+
+
+def _squash(a: np.ndarray, n: int) -> np.ndarray:
+    """In place over gate blocks (G, ...): tanh of every block, then (1 + t) / 2 on the first `n`
+    (sigmoid gates, whose pre-activations were halved)."""
+    np.tanh(a, out=a)
+    s = a[:n]
+    s *= 0.5
+    s += 0.5
+    return a
+
+
+def _derivatives(act: np.ndarray, n: int) -> np.ndarray:
+    """From activations in gate blocks (G, ...): s (1 - s) for the first `n` blocks, 1 - t^2 for the rest."""
+    d = 1 - act
+    d *= act
+    t = act[n:]
+    np.multiply(t, t, out=d[n:])
+    np.subtract(1, d[n:], out=d[n:])
+    return d
 
 
 def _start(dfinal: np.ndarray | None, like: np.ndarray) -> np.ndarray:
@@ -52,51 +90,53 @@ class SequenceOps:
     def lstm_layer(self, x: Mat, Wx: Mat, b: Mat, Wh: Mat, h0: Mat, c0: Mat) -> tuple[Mat, Mat, Mat]:
         """LSTM over T steps (gates i, f, o, g): returns (h for every step (T*B, H), h_T, c_T)."""
         B, H = h0.shape
-        act = _project(x, Wx, b, B, halve=3 * H)  # (T, B, 4H): pre-activations, then activations
-        T = act.shape[0]
-        Wh_half = half_columns(Wh.w, 3 * H)
+        act = _project(x, Wx, b, 4, B)  # (4, T, B, H): pre-activations, then activations
+        act[:3] *= 0.5                   # sigmoid(z) = (1 + tanh(z / 2)) / 2
+        T = act.shape[1]
+        Wh4 = _blocks(Wh.w, 4)           # (4, H, H)
+        Wh4[:3] *= 0.5
+        i, f, o, gg = act
         hs = np.empty((T + 1, B, H), act.dtype)  # hs[0] = h0, hs[t + 1] = h_t
         cs = np.empty_like(hs)
         tcs = np.empty((T, B, H), act.dtype)     # tanh(c_t)
         hs[0], cs[0] = h0.w, c0.w
-        rec, ig = np.empty((B, 4 * H), act.dtype), np.empty((B, H), act.dtype)
+        rec, ig = np.empty((4, B, H), act.dtype), np.empty((B, H), act.dtype)
         for t in range(T):
-            a = act[t]
-            np.matmul(hs[t], Wh_half, out=rec)
+            a = act[:, t]
+            np.matmul(hs[t], Wh4, out=rec)
             a += rec
-            squash_gates(a, 3 * H)
-            np.multiply(a[:, H:2 * H], cs[t], out=cs[t + 1])
-            np.multiply(a[:, :H], a[:, 3 * H:], out=ig)
+            _squash(a, 3)
+            np.multiply(f[t], cs[t], out=cs[t + 1])
+            np.multiply(i[t], gg[t], out=ig)
             cs[t + 1] += ig
             np.tanh(cs[t + 1], out=tcs[t])
-            np.multiply(a[:, 2 * H:3 * H], tcs[t], out=hs[t + 1])
+            np.multiply(o[t], tcs[t], out=hs[t + 1])
 
         def back(dhs, dhT, dcT):
-            # per-step factors, for all steps at once: dpre = dc * (g i', c_prev f', ., i g') and dh * tc o'
-            dpre = gate_derivatives(act, 3 * H)
-            dpre[..., :H] *= act[..., 3 * H:]
-            dpre[..., H:2 * H] *= cs[:-1]
-            dpre[..., 2 * H:3 * H] *= tcs
-            dpre[..., 3 * H:] *= act[..., :H]
+            # factors for all steps at once: d pre = dc * (g i', c_prev f', -, i g') and dh * tanh(c) o'
+            dpre = _derivatives(act, 3)
+            dpre[0] *= gg
+            dpre[1] *= cs[:-1]
+            dpre[2] *= tcs
+            dpre[3] *= i
             dc_dh = 1 - tcs * tcs
-            dc_dh *= act[..., 2 * H:3 * H]  # o (1 - tanh(c)^2)
-            WhT = np.ascontiguousarray(Wh.w.T)
+            dc_dh *= o
+            WhT4 = np.ascontiguousarray(Wh.w.reshape(H, 4, H).transpose(1, 2, 0))  # block k's Wh^T
             dh, dc, tmp = _start(dhT, h0.w), _start(dcT, c0.w), np.empty((B, H), act.dtype)
             dH = None if dhs is None else dhs.reshape(T, B, H)
-            blocks = dpre.reshape(T, B, 4, H)
             for t in range(T - 1, -1, -1):
                 if dH is not None:
                     dh += dH[t]
-                d = blocks[t]  # (B, 4, H) view of dpre[t]
                 np.multiply(dh, dc_dh[t], out=tmp)
                 dc += tmp
-                d[:, :2] *= dc[:, None, :]  # i, f
-                d[:, 3] *= dc
-                d[:, 2] *= dh
-                dc *= act[t, :, H:2 * H]
-                np.matmul(dpre[t], WhT, out=dh)
-            dpre = dpre.reshape(T * B, 4 * H)
-            accumulate(Wh, hs[:-1].reshape(T * B, H).T @ dpre, donate=True)
+                dpre[:2, t] *= dc
+                dpre[3, t] *= dc
+                dpre[2, t] *= dh
+                dc *= f[t]
+                np.matmul(dpre[:, t], WhT4, out=rec)
+                np.sum(rec, axis=0, out=dh)
+            dpre = dpre.reshape(4, T * B, H)
+            accumulate(Wh, _unblocks(np.matmul(hs[:-1].reshape(T * B, H).T, dpre)), donate=True)
             accumulate(h0, dh, donate=True)
             accumulate(c0, dc, donate=True)
             _project_back(x, Wx, b, dpre)
@@ -106,54 +146,57 @@ class SequenceOps:
         """GRU over T steps: zr = sigmoid(x Wx_zr + h Wh), n = tanh(x Wx_n + (r h) Whn),
         h' = (1 - z) h + z n. Returns (h for every step (T*B, H), h_T)."""
         B, H = h0.shape
-        act = _project(x, Wx, b, B, halve=2 * H)  # (T, B, 3H): z, r, n
-        T = act.shape[0]
-        Wh_half = half_columns(Wh.w, 2 * H)
+        act = _project(x, Wx, b, 3, B)  # (3, T, B, H): z, r, n
+        act[:2] *= 0.5
+        T = act.shape[1]
+        Wh2 = _blocks(Wh.w, 2)
+        Wh2 *= 0.5
+        z, r, n = act
         hs = np.empty((T + 1, B, H), act.dtype)
         rhs = np.empty((T, B, H), act.dtype)  # r * h_{t-1}
         hs[0] = h0.w
-        rec, tmp = np.empty((B, 2 * H), act.dtype), np.empty((B, H), act.dtype)
+        rec, tmp = np.empty((2, B, H), act.dtype), np.empty((B, H), act.dtype)
         for t in range(T):
-            zr, n, h = act[t, :, :2 * H], act[t, :, 2 * H:], hs[t]
-            np.matmul(h, Wh_half, out=rec)
+            h, zr = hs[t], act[:2, t]
+            np.matmul(h, Wh2, out=rec)
             zr += rec
-            squash_gates(zr, 2 * H)
-            np.multiply(zr[:, H:], h, out=rhs[t])
+            _squash(zr, 2)
+            np.multiply(r[t], h, out=rhs[t])
             np.matmul(rhs[t], Whn.w, out=tmp)
-            n += tmp
-            np.tanh(n, out=n)
-            np.subtract(n, h, out=hs[t + 1])
-            hs[t + 1] *= zr[:, :H]
+            n[t] += tmp
+            np.tanh(n[t], out=n[t])
+            np.subtract(n[t], h, out=hs[t + 1])
+            hs[t + 1] *= z[t]
             hs[t + 1] += h
 
         def back(dhs, dhT):
-            z, r, n, h_prev = act[..., :H], act[..., H:2 * H], act[..., 2 * H:], hs[:-1]
-            dz_dh = gate_derivatives(act, 2 * H)  # z', r', n' in place of z, r, n
-            dz_dh[..., :H] *= n - h_prev
-            dz_dh[..., H:2 * H] *= h_prev
-            dz_dh[..., 2 * H:] *= z
+            h_prev = hs[:-1]
+            fac = _derivatives(act, 2)  # then: dh -> dz_pre, drh -> dr_pre, dh -> dn_pre
+            fac[0] *= n - h_prev
+            fac[1] *= h_prev
+            fac[2] *= z
             keep = 1 - z
             dxp = np.empty_like(act)
-            WhT, WhnT = np.ascontiguousarray(Wh.w.T), np.ascontiguousarray(Whn.w.T)
+            WhT2 = np.ascontiguousarray(Wh.w.reshape(H, 2, H).transpose(1, 2, 0))
+            WhnT = np.ascontiguousarray(Whn.w.T)
             dh, drh = _start(dhT, h0.w), np.empty((B, H), act.dtype)
-            tmp = np.empty_like(drh)
             dH = None if dhs is None else dhs.reshape(T, B, H)
             for t in range(T - 1, -1, -1):
                 if dH is not None:
                     dh += dH[t]
-                d, f = dxp[t], dz_dh[t]
-                np.multiply(dh, f[:, 2 * H:], out=d[:, 2 * H:])  # d n_pre
-                np.multiply(dh, f[:, :H], out=d[:, :H])          # d z_pre
-                np.matmul(d[:, 2 * H:], WhnT, out=drh)           # d (r h)
-                np.multiply(drh, f[:, H:2 * H], out=d[:, H:2 * H])  # d r_pre
+                np.multiply(dh, fac[2, t], out=dxp[2, t])
+                np.multiply(dh, fac[0, t], out=dxp[0, t])
+                np.matmul(dxp[2, t], WhnT, out=drh)  # d (r h)
+                np.multiply(drh, fac[1, t], out=dxp[1, t])
                 dh *= keep[t]
                 drh *= r[t]
                 dh += drh
-                np.matmul(d[:, :2 * H], WhT, out=tmp)
-                dh += tmp
-            flat = dxp.reshape(T * B, 3 * H)
-            accumulate(Wh, h_prev.reshape(T * B, H).T @ flat[:, :2 * H], donate=True)
-            accumulate(Whn, rhs.reshape(T * B, H).T @ flat[:, 2 * H:], donate=True)
+                np.matmul(dxp[:2, t], WhT2, out=rec)
+                dh += rec[0]
+                dh += rec[1]
+            flat = dxp.reshape(3, T * B, H)
+            accumulate(Wh, _unblocks(np.matmul(h_prev.reshape(T * B, H).T, flat[:2])), donate=True)
+            accumulate(Whn, rhs.reshape(T * B, H).T @ flat[2], donate=True)
             accumulate(h0, dh, donate=True)
             _project_back(x, Wx, b, flat)
         return self._record((Mat(hs[1:].reshape(T * B, H)), Mat(hs[T].copy())), back)
@@ -193,5 +236,5 @@ class SequenceOps:
             dpre = dpre.reshape(T * B, H)
             accumulate(Wh, hs[:-1].reshape(T * B, H).T @ dpre, donate=True)
             accumulate(h0, dh, donate=True)
-            _project_back(x, Wx, b, dpre)
+            _project_back(x, Wx, b, dpre.reshape(1, T * B, H))
         return self._record((Mat(hs[1:].reshape(T * B, H)), Mat(hs[T].copy())), back)
