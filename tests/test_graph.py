@@ -40,6 +40,7 @@ CASES = {
     "relu": lambda: ([Mat(np.sign(RNG.uniform(-1, 1, (3, 4))) * RNG.uniform(0.1, 1, (3, 4)))],
                      lambda g, a: g.relu(a)),
     "embed": lambda: ([m(5, 3)], lambda g, t: g.embed(t, IDS)),
+    "embed/large-table": lambda: ([m(300, 2)], lambda g, t: g.embed(t, np.r_[IDS, 299, 299, 150])),
     "concat": lambda: ([m(3, 2), m(3, 4), m(3, 1)], lambda g, a, b, c: g.concat(a, b, c)),
     "split": lambda: ([m(3, 6)], lambda g, a: g.concat(*reversed(g.split(a, [1, 3, 2])))),
     "columns": lambda: ([m(3, 6)], lambda g, a: g.columns(a, 2, 5)),
