@@ -36,16 +36,19 @@ def _unblocks(W: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(W.transpose(1, 0, 2)).reshape(n, G * H)
 
 
-def _project(x: Mat, Wx: Mat, b: Mat, G: int, B: int) -> np.ndarray:
-    """x Wx + b for every step, gate block by gate block: (G, T, B, H), each block contiguous.
+def _project(x: Mat, Wx: Mat, b: Mat, G: int, B: int, halve: int = 0) -> np.ndarray:
+    """x Wx + b for every step, gate block by gate block: (G, T, B, H), each block contiguous; the
+    first `halve` blocks come out halved (through halved copies of their weights and biases).
 
     Block-major, because NumPy's ufuncs run several times slower on a (B, H) column
     block of a (B, G*H) row than on a contiguous (B, H) array, and a step does a
     dozen of them; the products do not care (G products of (B, H) @ (H, H)).
     """
-    W = x.w.shape[1]
-    xp = np.matmul(x.w, Wx.w.reshape(W, G, -1).transpose(1, 0, 2))  # (G, T*B, H)
-    xp += b.w.reshape(G, 1, -1)
+    Wx_blocks, b_blocks = _blocks(Wx.w, G), b.w.reshape(G, 1, -1).copy()
+    Wx_blocks[:halve] *= 0.5
+    b_blocks[:halve] *= 0.5
+    xp = np.matmul(x.w, Wx_blocks)  # (G, T*B, H)
+    xp += b_blocks
     return xp.reshape(G, -1, B, xp.shape[2])
 
 
@@ -90,8 +93,8 @@ class SequenceOps:
     def lstm_layer(self, x: Mat, Wx: Mat, b: Mat, Wh: Mat, h0: Mat, c0: Mat) -> tuple[Mat, Mat, Mat]:
         """LSTM over T steps (gates i, f, o, g): returns (h for every step (T*B, H), h_T, c_T)."""
         B, H = h0.shape
-        act = _project(x, Wx, b, 4, B)  # (4, T, B, H): pre-activations, then activations
-        act[:3] *= 0.5                   # sigmoid(z) = (1 + tanh(z / 2)) / 2
+        act = _project(x, Wx, b, 4, B, halve=3)  # (4, T, B, H): pre-activations, then activations;
+        # i, f, o halved, as sigmoid(z) = (1 + tanh(z / 2)) / 2
         T = act.shape[1]
         Wh4 = _blocks(Wh.w, 4)           # (4, H, H)
         Wh4[:3] *= 0.5
@@ -148,8 +151,7 @@ class SequenceOps:
         """GRU over T steps: zr = sigmoid(x Wx_zr + h Wh), n = tanh(x Wx_n + (r h) Whn),
         h' = (1 - z) h + z n. Returns (h for every step (T*B, H), h_T)."""
         B, H = h0.shape
-        act = _project(x, Wx, b, 3, B)  # (3, T, B, H): z, r, n
-        act[:2] *= 0.5
+        act = _project(x, Wx, b, 3, B, halve=2)  # (3, T, B, H): z, r, n
         T = act.shape[1]
         Wh2 = _blocks(Wh.w, 2)
         Wh2 *= 0.5
