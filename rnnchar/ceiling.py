@@ -15,6 +15,7 @@ Imports numpy and the standard library only.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -68,3 +69,10 @@ def ceiling_chars_per_sec(cell: str, emb: int, hidden: list[int], vocab: int, ba
         if i >= warmup:
             busy += time.perf_counter() - tic
     return N * (steps - warmup) / busy if busy > 0 else float("nan")
+
+
+def ceiling_of_job(spec: dict) -> float:
+    """The ceiling for a bench job (cell, emb, hidden, layers, batch, seq, steps, warmup, corpus_path)."""
+    vocab = len(set(Path(spec["corpus_path"]).read_text(encoding="utf-8"))) + 1  # + the boundary
+    return ceiling_chars_per_sec(spec["cell"], spec["emb"], [spec["hidden"]] * spec["layers"], vocab,
+                                 spec["batch"], spec["seq"], spec["steps"], spec["warmup"])
