@@ -7,7 +7,7 @@ forward and T backward, one product each for dWh, dWx and dx; the decoder's
 product and its two gradient products. No ufunc, no graph, no optimizer.
 
     chars_per_sec = ceiling_chars_per_sec("lstm", emb=64, hidden=[128, 128], vocab=65, batch=32, seq=64,
-                                          steps=20)
+                                          steps=4, warmup=1)
 
 Imports numpy and the standard library only.
 """

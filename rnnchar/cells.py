@@ -29,6 +29,8 @@ import numpy as np
 from .graph import Graph, Mat
 
 CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+GATES = ("scalar", "vector")  # gated feedback: one gate per layer pair (paper), or one per unit
+ACTIVATIONS = ("tanh", "relu")  # rnn / gf-rnn nonlinearity
 # (B, H) column blocks of a cell's matrices: its input projection Wx; its recurrent Wh in a plain
 # stack; its Wh under gated feedback, where the candidate's recurrent term comes through U(i->j)
 BLOCKS = {"rnn": (1, 1, 0), "gru": (3, 2, 2), "lstm": (4, 4, 3)}
@@ -193,10 +195,10 @@ def make_stack(cell: str, D: int, hidden_sizes, rng: np.random.Generator, dtype=
     """A stack of `cell` layers ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")."""
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
-    if opts.get("gate", "scalar") not in ("scalar", "vector"):
-        raise ValueError(f"unknown gate {opts['gate']!r}; choose scalar or vector")
-    if opts.get("activation", "tanh") not in ("tanh", "relu"):
-        raise ValueError(f"unknown activation {opts['activation']!r}; choose tanh or relu")
+    if opts.get("gate", "scalar") not in GATES:
+        raise ValueError(f"unknown gate {opts['gate']!r}; choose {' or '.join(GATES)}")
+    if opts.get("activation", "tanh") not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {opts['activation']!r}; choose {' or '.join(ACTIVATIONS)}")
     if cell.startswith("gf-"):
         return GatedFeedbackStack(cell, D, hidden_sizes, rng, dtype, **opts)
     opts.pop("gate", None)
