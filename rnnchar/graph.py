@@ -40,13 +40,13 @@ class Graph(FusedOps, SequenceOps):
     def __init__(self, needs_backprop: bool = True):
         self.needs_backprop = needs_backprop
         self.tape: list[Callable[[], None]] = []
-        self._deferred: dict[int, tuple[Mat, list, list]] = {}
+        self._deferred: dict[int, tuple[Mat, list, list, list]] = {}
 
     def backward(self) -> None:
         """Run the tape in reverse, accumulating into every input's `dw`."""
         for step in reversed(self.tape):
             step()
-        for b, lefts, grads in self._deferred.values():  # one product per deferred weight
+        for b, lefts, grads, _ in self._deferred.values():  # one product per deferred weight
             if lefts:
                 accumulate(b, np.concatenate(lefts).T @ np.concatenate(grads), donate=True)
                 lefts.clear()
@@ -57,10 +57,12 @@ class Graph(FusedOps, SequenceOps):
 
         A recurrent weight is multiplied once per time step; instead of T small
         products h_t.T @ d_t, backward() makes one (H, T*B) @ (T*B, n) product
-        at the end. Only for leaves (parameters), whose `dw` no op reads.
+        at the end; and d_t @ W.T uses one contiguous copy of W.T (a product with
+        a transposed view cost 107 us against 75 us at the small sizes). Only for
+        leaves (parameters), whose `dw` no op reads and whose `w` no op writes.
         """
         for w in weights:
-            self._deferred.setdefault(id(w), (w, [], []))
+            self._deferred.setdefault(id(w), (w, [], [], []))
 
     def _record(self, out, fn: Callable[..., None]):
         """Push `fn` (the backward of the op that made `out`) on the tape; return `out`.
@@ -90,12 +92,16 @@ class Graph(FusedOps, SequenceOps):
         deferred = self._deferred.get(id(b))
 
         def back(d):
-            accumulate(a, d @ b.w.T, donate=True)
-            if deferred is not None:  # d is out's own gradient: no later op writes to it
-                deferred[1].append(a.w)
-                deferred[2].append(d)
-            else:
+            if deferred is None:
+                accumulate(a, d @ b.w.T, donate=True)
                 accumulate(b, a.w.T @ d, donate=True)
+                return
+            transposed = deferred[3]
+            if not transposed:
+                transposed.append(np.ascontiguousarray(b.w.T))
+            accumulate(a, d @ transposed[0], donate=True)
+            deferred[1].append(a.w)  # d is out's own gradient: no later op writes to it
+            deferred[2].append(d)
         return self._record(out, back)
 
     def add(self, a: Mat, b: Mat) -> Mat:
