@@ -152,10 +152,10 @@ class GatedFeedbackStack:
     def zero_state(self, B: int, dtype=np.float32) -> list:
         return [layer.zero_state(B, dtype) for layer in self.layers]
 
-    def _gated_sum(self, g: Graph, j: int, x: Mat, hs: list[Mat], hstar: Mat) -> Mat:
-        """sum_i g(i->j) * (h_i U(i->j)), gates from layer j's input and h*_{t-1}."""
+    def _gated_sum(self, g: Graph, j: int, x_gate: Mat, hs: list[Mat], hstar: Mat) -> Mat:
+        """sum_i g(i->j) * (h_i U(i->j)), gates from layer j's input (x_gate = x_j Wg) and h*_{t-1}."""
         p, L, H = self.layers[j].params, len(self.sizes), self.sizes[j]
-        pre = g.add(g.matmul(x, p["Wg"]), g.matmul(hstar, p["Ug"]))
+        pre = g.add(x_gate, g.matmul(hstar, p["Ug"]))
         if self.gate == "scalar":  # (B, L): scale each source before one product with U stacked
             gates = g.sigmoid(pre)
             gated = [g.eltmul(g.columns(gates, i, i + 1), h) for i, h in enumerate(hs)]
@@ -174,7 +174,8 @@ class GatedFeedbackStack:
         state = [tuple(Mat(a) for a in s) for s in state]
         for layer in self.layers:  # weights used at every step: one gradient product each
             g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Ug", "U", "Wx", "Wg")))
-        xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step
+        xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step,
+        xg0 = g.matmul(x, self.layers[0].params["Wg"])  # and its gates' input term
         outs = []
         for t in range(T):
             hs = [s[0] for s in state]
@@ -182,8 +183,11 @@ class GatedFeedbackStack:
             inp = g.rows(x, t * B, (t + 1) * B)
             new = []
             for j, layer in enumerate(self.layers):
-                xp = g.rows(xp0, t * B, (t + 1) * B) if j == 0 else layer.input_proj(g, inp)
-                rec = self._gated_sum(g, j, inp, hs, hstar)
+                if j == 0:
+                    xp, x_gate = g.rows(xp0, t * B, (t + 1) * B), g.rows(xg0, t * B, (t + 1) * B)
+                else:
+                    xp, x_gate = layer.input_proj(g, inp), g.matmul(inp, layer.params["Wg"])
+                rec = self._gated_sum(g, j, x_gate, hs, hstar)
                 new.append(layer.step(g, xp, state[j], rec))
                 inp = new[-1][0]
             state = new
