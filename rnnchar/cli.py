@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .model import ShapeError
-from .runs import RunLock, find_checkpoint, load_model
+from .runs import RunLock, find_checkpoint, load_model, run_files
 from .train import TrainingDiverged, open_trainer, train
 
 log = logging.getLogger("rnnchar")
@@ -111,6 +111,19 @@ def _corpus_option(corpus: str) -> str:
     return str(Path(corpus).resolve())
 
 
+def _run_dir_option(ctx, param, value: Path | None) -> Path | None:
+    """--run-dir must be (or become) a directory: naming a file, or a path through one, is a bad value."""
+    if value is None:
+        return value
+    for part in (value, *value.parents):  # the nearest part that exists must be a directory
+        if os.path.lexists(part):
+            if not part.is_dir():
+                what = "is a file" if part == value else f"goes through {part}, which is a file"
+                raise click.BadParameter(f"{value} {what}, not a directory; choose another run directory")
+            break
+    return value
+
+
 def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
     """Train with Ctrl-C/SIGTERM turned into a stop flag; divergence says what to try."""
     flag = _StopFlag()
@@ -135,7 +148,7 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
 @click.option("--corpus", metavar="FILE|-", help="Training text (overrides data.corpus); - reads stdin.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config key (repeatable; the value is read as YAML).")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--run-dir", type=click.Path(path_type=Path), callback=_run_dir_option,
               help="Where checkpoints and metrics go [default: runs/<config name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
@@ -158,10 +171,11 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
         cfg.data.corpus = _corpus_option(corpus)
     run_dir = run_dir or Path("runs") / (path.stem if path else "default")
     with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
-        if (run_dir / "last.npz").exists() and not (resume or overwrite):
+        held = run_files(run_dir)
+        if held and not (resume or overwrite):
             raise click.ClickException(
-                f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
-                "afresh, or --run-dir to train somewhere else")
+                f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+                "--overwrite to start afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
         trainer = open_trainer(cfg, run_dir, resume)  # a bad corpus fails here, before anything is lost
         if overwrite:  # open_trainer already emptied metrics.jsonl
@@ -177,7 +191,11 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
         click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
                    "(continue with --resume)", err=True)
         raise click.exceptions.Exit(130)
-    best = f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz" if summary.history else ""
+    best = ""
+    if math.isfinite(summary.best_val_bpc):
+        best = f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz"
+    elif summary.history:  # evaluations ran, but there was nothing to validate on
+        best = f"; no validation score (data.val_fraction={cfg.data.val_fraction}), so no best.npz"
     log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
 
 
