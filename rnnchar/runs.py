@@ -17,7 +17,7 @@ from .corpus import load_corpus
 from .data import DataError, Vocab
 from .evaluate import EvalResult, batch_nats, result_from_nats
 from .model import CharModel, ShapeError
-from .train import build_model
+from .train import build_model, checkpoint_shapes
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")  # any of them: the directory holds a run
 
@@ -94,7 +94,7 @@ def find_checkpoint(root: Path) -> Path:
 
 def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
     """The model, vocabulary and config stored in a checkpoint (validated, never unpickled)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before the model is built
     try:
         cfg = config_from_dict(ckpt.config)
         vocab = Vocab.from_array(ckpt.vocab)

@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .cells import state_shapes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .evaluate import batch_nats
-from .model import CharModel, ShapeError
+from .model import CharModel, ShapeError, param_shapes
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
 
@@ -50,6 +51,19 @@ class Summary:
 
 def build_model(cfg: Config, vocab_size: int) -> CharModel:
     return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
+
+
+def checkpoint_shapes(config: dict, vocab: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """{member: shape} a checkpoint's arrays must have given its own stored config and vocabulary, by
+    arithmetic (load_checkpoint checks them before reading them or building anything). ValueError
+    if the config or vocabulary is invalid."""
+    cfg = config_from_dict(config)
+    sizes = param_shapes(len(Vocab.from_array(vocab)), **asdict(cfg.model))
+    shapes = {f"param/{name}": shape for name, shape in sizes.items()}
+    if cfg.data.mode == "stream" and cfg.data.stream_order == "sequential":  # the carried state, if saved
+        for j, layer in enumerate(state_shapes(cfg.model.cell, cfg.model.hidden_sizes, cfg.data.batch_size)):
+            shapes.update({f"opt/carry/{j}/{k}": shape for k, shape in enumerate(layer)})
+    return shapes
 
 
 class Trainer:
@@ -88,7 +102,7 @@ class Trainer:
         try:
             self.rng.bit_generator.state = ckpt.rng_state
             self.best = float(ckpt.meta.get("best_val_loss", math.inf))
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, OverflowError) as err:  # OverflowError: a state of 2**200
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
 
@@ -221,7 +235,7 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -
         path = run_dir / "last.npz"
         if not path.exists():
             raise _nothing_to_resume(run_dir)
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before anything is built
         try:
             old = config_from_dict(ckpt.config)
             vocab = Vocab.from_array(ckpt.vocab)
