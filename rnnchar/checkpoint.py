@@ -2,21 +2,24 @@
 
 Layout (all plain arrays, so ``np.load(path, allow_pickle=False)`` reads it)::
 
-    format_version   0-d int64
+    format_version   0-d int64: 2 (version 1 files are still read)
     config_json      0-d unicode: the resolved config
-    meta_json        0-d unicode: step, rng_state, history, meta
-    vocab            (V,) int64 code points
-    param/<name>     float32/float64 parameters, dotted names ("layer0.W")
-    opt/<slot>       optimizer slots ("cache/layer0.W", "t")
+    meta_json        0-d unicode: step, rng_state, history, meta (best_val_loss in nats per char)
+    vocab            (V - 2,) int64 code points
+    param/<name>     float32/float64 parameters, dotted names ("embed.W", "layer0.Wx", "decoder.b")
+    opt/<slot>       optimizer slots: "cache/<name>" (rmsprop); "m/<name>", "v/<name>", "t" (adam)
+    carry/<j>/<k>    stream mode: state k of layer j carried into the next window, (B, H_j)
 
-Saving is atomic (temp file in the same folder, fsync, rename), so a crash or
-Ctrl-C leaves the previous checkpoint intact. Loading reads only the members
-above, lazily, each checked from its zip entry and .npy header before its data
-is read (npz.py); given `shapes_of`, every array must have the shape the stored
-config implies, so a hostile file costs neither memory nor a model. Usage::
+Version 1 kept the carried state among the optimizer slots (``opt/carry/<j>/<k>``);
+``load_checkpoint`` moves it to ``Checkpoint.carry``. Saving is atomic (temp file
+in the same folder, fsync, rename), so a crash or Ctrl-C leaves the previous
+checkpoint intact. Loading reads only the members above, lazily, each checked
+from its zip entry and .npy header before its data is read (npz.py); given
+`shapes_of`, every array must have the shape the stored config implies, so a
+hostile file costs neither memory nor a model. Usage::
 
-    save_checkpoint("runs/x/model.npz", Checkpoint(cfg, vocab, params, opt_state, step, rng_state, history))
-    ckpt = load_checkpoint("runs/x/model.npz", shapes_of=checkpoint_shapes)  # train.checkpoint_shapes
+    save_checkpoint("runs/x/last.npz", Checkpoint(config, vocab, params, opt_state, step, rng_state, history))
+    ckpt = load_checkpoint("runs/x/last.npz")  # the CLI passes shapes_of=runs.checkpoint_shapes
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import numpy as np
 
 from .npz import NpzError, NpzReader, dtype_ok
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 kept the carried stream state among the optimizer slots
 _REQUIRED = ("format_version", "config_json", "meta_json", "vocab")
 MAX_TEXT_CHARS = 1 << 24  # config_json, meta_json: 16 Mi characters (a long run's history is < 1 Mi)
 MAX_VOCAB = 0x110000  # vocab entries: one per Unicode code point at most
@@ -59,6 +63,7 @@ class Checkpoint:
     rng_state: dict
     history: list[dict]
     meta: dict = field(default_factory=dict)
+    carry: dict[str, np.ndarray] = field(default_factory=dict)  # stream state: "<layer>/<k>" -> (B, H)
 
 
 def _json_default(obj: Any) -> Any:
@@ -84,6 +89,8 @@ def _arrays_to_save(path: Path, ckpt: Checkpoint) -> dict[str, np.ndarray]:
     arrays = {f"param/{name}": _numeric(f"param/{name}", w, path, "f") for name, w in ckpt.params.items()}
     for slot, value in ckpt.opt_state.items():
         arrays[f"opt/{slot}"] = _numeric(f"opt/{slot}", value, path, "fiub")
+    for key, value in ckpt.carry.items():
+        arrays[f"carry/{key}"] = _numeric(f"carry/{key}", value, path, "f")
     meta = {"step": int(ckpt.step), "rng_state": ckpt.rng_state, "history": ckpt.history, "meta": ckpt.meta}
     try:
         arrays["config_json"] = np.array(json.dumps(ckpt.config, default=_json_default))
@@ -188,13 +195,13 @@ def _json_of(npz: NpzReader, key: str) -> Any:
         raise NpzError(f"'{key}' is nested too deeply to be a checkpoint's JSON") from None
 
 
-def _header_arrays(npz: NpzReader) -> tuple[dict, dict, np.ndarray]:
-    """(config, meta, vocab): the small members, after the format version and the keys are checked."""
+def _header_arrays(npz: NpzReader) -> tuple[int, dict, dict, np.ndarray]:
+    """(version, config, meta, vocab): the small members, once the version and the keys are checked."""
     if "format_version" in npz.members:
         version = npz.read("format_version", "iub", max_bytes=64)
-        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_VERSIONS:
             raise NpzError(f"checkpoint format version {version.tolist()!r}, but this rnnchar reads version "
-                           f"{FORMAT_VERSION}")
+                           f"{FORMAT_VERSION} (and older version 1)")
     missing = [k for k in _REQUIRED if k not in npz.members]
     if missing:
         raise NpzError(f"not an rnnchar checkpoint: missing {', '.join(missing)}")
@@ -207,7 +214,7 @@ def _header_arrays(npz: NpzReader) -> tuple[dict, dict, np.ndarray]:
     vocab = npz.read("vocab", "iu", max_bytes=8 * MAX_VOCAB)
     if vocab.ndim != 1:
         raise NpzError(f"'vocab' must be a 1-D integer array, got shape {vocab.shape}")
-    return config, meta, vocab
+    return int(version), config, meta, vocab
 
 
 def _finite(key: str, arr: np.ndarray) -> np.ndarray:
@@ -231,21 +238,33 @@ def _params(npz: NpzReader, shapes: dict | None) -> dict[str, np.ndarray]:
             for n in names}
 
 
-def _opt_state(npz: NpzReader, shapes: dict | None) -> dict[str, np.ndarray]:
-    """The opt/ members. With `shapes`: a parameter's slot ("cache/layer0.W") is floating with the
-    parameter's shape, a member named in `shapes` (the carried state) has that shape, anything else
-    must be a number (Adam's step count)."""
-    out = {}
-    for key in (k for k in npz.members if k.startswith("opt/")):
-        owner = "param/" + key[len("opt/"):].partition("/")[2]
+def _carried(npz: NpzReader, key: str, state: str, shapes: dict | None) -> np.ndarray:
+    """A carried stream state "<j>/<k>", stored as `key`; with `shapes`, of the shape they list."""
+    if shapes is not None and f"carry/{state}" not in shapes:
+        raise NpzError(f"'{key}' holds a carried stream state, but the config stored with it carries none")
+    return _finite(key, npz.read(key, "f", None if shapes is None else shapes[f"carry/{state}"]))
+
+
+def _opt_state_and_carry(npz: NpzReader, shapes: dict | None, version: int) -> tuple[dict, dict]:
+    """The opt/ and carry/ members. With `shapes`: a parameter's slot ("cache/layer0.W") is floating
+    with the parameter's shape, the carried state has the shapes listed, and any other slot must be
+    a number (Adam's step count). Version 1 kept the carried state as opt/carry/<j>/<k>."""
+    opt_state, carry = {}, {}
+    for key in [k for k in npz.members if k.startswith(("opt/", "carry/"))]:
+        name = key.partition("/")[2]
+        if key.startswith("carry/") or (version == 1 and name.startswith("carry/")):
+            state = name.removeprefix("carry/") if key.startswith("opt/") else name
+            carry[state] = _carried(npz, key, state, shapes)
+            continue
+        owner = "param/" + name.partition("/")[2]
         if shapes is None:
             arr = npz.read(key, "fiub")
-        elif owner in shapes or key in shapes:
-            arr = npz.read(key, "f", shapes.get(owner, shapes.get(key)))
+        elif owner in shapes:
+            arr = npz.read(key, "f", shapes[owner])
         else:
             arr = npz.read(key, "iuf", shape=())
-        out[key[len("opt/"):]] = _finite(key, arr)
-    return out
+        opt_state[name] = _finite(key, arr)
+    return opt_state, carry
 
 
 ShapesOf = Callable[[dict, np.ndarray], dict]
@@ -265,12 +284,13 @@ def load_checkpoint(path: str | os.PathLike, shapes_of: ShapesOf | None = None) 
     _check_file(path)
     try:
         with NpzReader(path) as npz:
-            config, meta, vocab = _header_arrays(npz)
+            version, config, meta, vocab = _header_arrays(npz)
             try:
                 shapes = shapes_of(config, vocab) if shapes_of is not None else None
             except ValueError as err:
                 raise CheckpointError(f"{path}: the stored config or vocabulary is invalid: {err}") from None
-            params, opt_state = _params(npz, shapes), _opt_state(npz, shapes)
+            params = _params(npz, shapes)
+            opt_state, carry = _opt_state_and_carry(npz, shapes, version)
     except NpzError as err:
         raise CheckpointError(f"{path}: {err}") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, NotImplementedError,
@@ -278,4 +298,4 @@ def load_checkpoint(path: str | os.PathLike, shapes_of: ShapesOf | None = None) 
         raise CheckpointError(f"{path}: not a valid .npz checkpoint (truncated or corrupt?): {err}") from None
     return Checkpoint(config=config, vocab=vocab.astype(np.int64), params=params, opt_state=opt_state,
                       step=meta["step"], rng_state=meta["rng_state"], history=meta["history"],
-                      meta=meta["meta"])
+                      meta=meta["meta"], carry=carry)

@@ -6,8 +6,9 @@ length. Here a member is read only when asked for by name, and its zip entry (en
 compression method, declared size) and ``.npy`` header (dtype, shape, length) are checked
 first, so refusing a member costs a few hundred bytes of reading::
 
-    with NpzReader(path) as npz:
-        w = npz.read("param/embed.W", kinds="f", shape=(80, 32))
+    with NpzReader("runs/tiny/last.npz") as npz:
+        vocab = npz.read("vocab", kinds="iu", max_bytes=1 << 20)  # integers, at most 1 MiB, or NpzError
+        embed = npz.read("param/embed.W", kinds="f", shape=(len(vocab) + 2, 4))  # that shape, or NpzError
 
 Never unpickles: an object dtype is refused from the header. Errors are NpzError, whose
 message names the member and the problem (the caller adds the file name).

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
+from .cells import state_shapes
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, config_from_dict
-from .corpus import load_corpus
+from .config import Config, build_model, config_from_dict
 from .data import DataError, Vocab
-from .evaluate import EvalResult, batch_nats, result_from_nats
-from .model import CharModel, ShapeError
-from .train import build_model, checkpoint_shapes
+from .model import CharModel, ShapeError, param_shapes
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")  # any of them: the directory holds a run
 
@@ -92,6 +93,20 @@ def find_checkpoint(root: Path) -> Path:
     return newest[0][0]  # best.npz if the run has one
 
 
+def checkpoint_shapes(config: dict, vocab: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """{member: shape} a checkpoint's arrays must have given its own stored config and vocabulary, by
+    arithmetic: load_checkpoint checks them before reading them or building anything. The carried
+    stream state ("carry/<j>/<k>") is listed when the config carries one. ValueError (ConfigError,
+    DataError) if the config or vocabulary is invalid."""
+    cfg = config_from_dict(config)
+    sizes = param_shapes(len(Vocab.from_array(vocab)), **asdict(cfg.model))
+    shapes = {f"param/{name}": shape for name, shape in sizes.items()}
+    if cfg.data.mode == "stream" and cfg.data.stream_order == "sequential":
+        for j, layer in enumerate(state_shapes(cfg.model.cell, cfg.model.hidden_sizes, cfg.data.batch_size)):
+            shapes.update({f"carry/{j}/{k}": shape for k, shape in enumerate(layer)})
+    return shapes
+
+
 def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
     """The model, vocabulary and config stored in a checkpoint (validated, never unpickled)."""
     ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before the model is built
@@ -107,11 +122,3 @@ def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
         raise CheckpointError(f"{path}: {e}") from None
     return model, vocab, cfg
 
-
-def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
-    """Bits per char on the held-out split of the corpus the model was trained on."""
-    corpus = load_corpus(cfg, vocab=vocab)
-    nats, n = batch_nats(model, corpus.val_batches())
-    if n == 0:
-        raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
-    return result_from_nats(nats, n, 0)

@@ -6,7 +6,7 @@ limit. `load_yaml` counts the values on the parsed node graph before building an
 refuses documents beyond MAX_YAML_NODES, and flow brackets nested beyond MAX_FLOW_DEPTH before
 PyYAML's scanner (slow on them) sees them; `shown` cuts any value echoed in an error short::
 
-    raw = load_yaml(path.read_text(), where=str(path))   # YamlRefused(ValueError) names `where`
+    raw = load_yaml("model: {hidden_sizes: &h [64, 64]}", where="--set")  # YamlRefused names `where`
 """
 
 from __future__ import annotations

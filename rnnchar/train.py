@@ -1,8 +1,10 @@
 """The training loop: corpus -> batches -> model -> optimizer -> metrics and checkpoints.
 
-    summary = train(load_config("lstm.yaml"), run_dir=Path("runs/lstm"))
+    cfg = load_config("lstm.yaml", ["train.steps=100"])
+    trainer = open_trainer(cfg, Path("runs/lstm"), resume=False)  # resume=True: go on from last.npz
+    summary = train(trainer, should_stop=lambda: False, quiet=True)  # to train.steps or should_stop()
 
-Writes into `run_dir`: last.npz (every checkpoint_every steps and at the end),
+Writes into the run directory: last.npz (every checkpoint_every steps and at the end),
 best.npz (lowest validation loss), metrics.jsonl (one JSON object per
 evaluation) and config.yaml. Resuming restores parameters, optimizer slots,
 step, carried state and the data RNG, so a resumed run is bit-identical to an
@@ -24,14 +26,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cells import state_shapes
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
+from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .evaluate import batch_nats
-from .model import CharModel, ShapeError, param_shapes
+from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
+from .runs import checkpoint_shapes
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
@@ -49,23 +51,6 @@ class Summary:
     history: list = field(default_factory=list)
 
 
-def build_model(cfg: Config, vocab_size: int) -> CharModel:
-    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
-
-
-def checkpoint_shapes(config: dict, vocab: np.ndarray) -> dict[str, tuple[int, ...]]:
-    """{member: shape} a checkpoint's arrays must have given its own stored config and vocabulary, by
-    arithmetic (load_checkpoint checks them before reading them or building anything). ValueError
-    if the config or vocabulary is invalid."""
-    cfg = config_from_dict(config)
-    sizes = param_shapes(len(Vocab.from_array(vocab)), **asdict(cfg.model))
-    shapes = {f"param/{name}": shape for name, shape in sizes.items()}
-    if cfg.data.mode == "stream" and cfg.data.stream_order == "sequential":  # the carried state, if saved
-        for j, layer in enumerate(state_shapes(cfg.model.cell, cfg.model.hidden_sizes, cfg.data.batch_size)):
-            shapes.update({f"opt/carry/{j}/{k}": shape for k, shape in enumerate(layer)})
-    return shapes
-
-
 class Trainer:
     """Holds one run's model, optimizer, data and RNG; `run` advances it to `train.steps`."""
 
@@ -74,7 +59,8 @@ class Trainer:
         self.model = build_model(cfg, len(corpus.vocab))
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
-        self.step, self.history, self.best = 0, [], math.inf
+        self.step, self.history = 0, []
+        self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows
         if ckpt is not None:
             self._restore(ckpt)
@@ -82,38 +68,35 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint) -> None:
         """Take over a checkpoint's state; ValueError (ShapeError) names what does not fit this model."""
         self.model.load_params(ckpt.params)
-        slots = {k: v for k, v in ckpt.opt_state.items() if not k.startswith("carry/")}
-        for key, arr in slots.items():
+        for key, arr in ckpt.opt_state.items():
             p = self.model.params.get(key.partition("/")[2])
             if (p.shape if p is not None else ()) != arr.shape:
                 raise ShapeError(f"optimizer slot {key} has shape {arr.shape}, expected "
                                  f"{p.shape if p is not None else 'a scalar'}")
-        self.opt.load_state(slots)
-        carry = {k: v for k, v in ckpt.opt_state.items() if k.startswith("carry/")}
-        if carry:
+        self.opt.load_state(ckpt.opt_state)
+        if ckpt.carry:
             zero = self.model.zero_state(self.cfg.data.batch_size)
-            want = {f"carry/{j}/{k}": a.shape for j, s in enumerate(zero) for k, a in enumerate(s)}
-            got = {k: v.shape for k, v in carry.items()}
+            want = {f"{j}/{k}": a.shape for j, s in enumerate(zero) for k, a in enumerate(s)}
+            got = {k: v.shape for k, v in ckpt.carry.items()}
             if got != want:
                 raise ShapeError(f"the carried stream state has shapes {got}, the model needs {want}")
-            self.carry = [tuple(carry[f"carry/{j}/{k}"] for k in range(len(s))) for j, s in enumerate(zero)]
+            self.carry = [tuple(ckpt.carry[f"{j}/{k}"] for k in range(len(s))) for j, s in enumerate(zero)]
         if ckpt.step < 0:
             raise ValueError(f"the step counter is negative ({ckpt.step})")
         try:
             self.rng.bit_generator.state = ckpt.rng_state
-            self.best = float(ckpt.meta.get("best_val_loss", math.inf))
+            self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
         except (TypeError, ValueError, KeyError, OverflowError) as err:  # OverflowError: a state of 2**200
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
 
     def checkpoint(self) -> Checkpoint:
-        opt_state = dict(self.opt.state)
-        for j, s in enumerate(self.carry or []):
-            opt_state.update({f"carry/{j}/{k}": a for k, a in enumerate(s)})
+        carry = {f"{j}/{k}": a for j, s in enumerate(self.carry or []) for k, a in enumerate(s)}
+        params = {k: p.w for k, p in self.model.params.items()}
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
-                          params={k: p.w for k, p in self.model.params.items()}, opt_state=opt_state,
-                          step=self.step, rng_state=self.rng.bit_generator.state, history=self.history,
-                          meta={"best_val_loss": self.best})
+                          params=params, opt_state=dict(self.opt.state), step=self.step,
+                          rng_state=self.rng.bit_generator.state, history=self.history,
+                          meta={"best_val_loss": self.best_val_nats}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
         save_checkpoint(self.run_dir / name, self.checkpoint())
@@ -133,8 +116,7 @@ class Trainer:
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
-        carried = self.corpus.mode == "stream" and self.corpus.order == "sequential"
-        self.carry = res.state if carried else None
+        self.carry = res.state if self.corpus.carries_state else None
         self.step += 1
         return res.nats / max(res.n_chars, 1), res.n_chars
 
@@ -155,7 +137,8 @@ class Trainer:
         log.info("samples at step %d:\n%s", self.step, "\n".join("  | " + t for t in texts))
 
 
-def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, should_stop) -> dict:
+def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
+                                should_stop) -> dict:
     """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
@@ -168,8 +151,8 @@ def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, sho
         f.write(json.dumps(rec) + "\n")
     log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
              rec["val_bpc"], cps)
-    if math.isfinite(val_loss) and val_loss < trainer.best:
-        trainer.best = val_loss
+    if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
+        trainer.best_val_nats = val_loss
         trainer.save("best.npz")
     return rec
 
@@ -275,7 +258,8 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
-                rec = _record(t, float(np.mean(losses)), chars / busy, time.perf_counter() - t0, should_stop)
+                rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
+                                                  time.perf_counter() - t0, should_stop)
                 bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
             if cfg.sample_every and t.step % cfg.sample_every == 0:
@@ -287,4 +271,4 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     interrupted = t.step < cfg.steps
     if interrupted or start == t.step:
         t.save()  # Ctrl-C (or nothing to do): the state as of the last finished step
-    return Summary(t.step, interrupted, t.best / math.log(2), t.history)
+    return Summary(t.step, interrupted, t.best_val_nats / math.log(2), t.history)
