@@ -247,3 +247,15 @@ def test_a_few_yaml_aliases_are_still_fine(work):
     r = invoke("train", "-c", work / "anchors.yaml", "--corpus", work / "c.txt", "--set", "train.steps=1",
                "--run-dir", work / "anchors", "-q")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_fifo_is_not_read_as_a_checkpoint(work):
+    """Opening a FIFO blocks until a writer comes: refused as not a regular file, never opened."""
+    os.mkfifo(work / "fifo.npz")
+    (work / "fifo-run").mkdir()
+    os.mkfifo(work / "fifo-run/last.npz")
+    r = run_many({"sample": ["sample", "--checkpoint", "fifo.npz"],
+                  "resume": ["train", "--corpus", "c.txt", *TINY, "--run-dir", "fifo-run", "--resume"]}, work)
+    assert_fails(r["sample"], 1, "fifo.npz is not a regular file")
+    assert_fails(r["resume"], 1, "fifo-run/last.npz is not a regular file", "nothing in the run directory")
+    assert sorted(p.name for p in (work / "fifo-run").iterdir()) == ["last.npz"]
