@@ -58,7 +58,7 @@ class RunLock:
             (self.run_dir / ".lock").write_text(f"{os.getpid()}\n", encoding="utf-8")
         except OSError:
             pass  # only a courtesy for the message above; the lock holds without it
-        for tmp in [*self.run_dir.glob(".*.npz.*.tmp"), *self.run_dir.glob("cache/.*.tmp.npy")]:
+        for tmp in [*self.run_dir.glob(".*.tmp"), *self.run_dir.glob("cache/.*.tmp.npy")]:
             tmp.unlink(missing_ok=True)  # left by a kill -9 mid-write; only the lock holder writes here
         return self
 
