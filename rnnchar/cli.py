@@ -277,5 +277,10 @@ def eval_cmd(file, checkpoint, as_json, per_line):
                    f"chars {result.chars:,}  unknown {result.unknown_chars:,}")
 
 
+from .commands import COMMANDS  # noqa: E402  (prep, runs, plot: their own module, same error handling)
+
+for _command in COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":
     main()
