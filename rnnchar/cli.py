@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .model import ShapeError
-from .runs import RunLock, find_checkpoint, load_model
+from .runs import RunLock, load_model
 from .train import TrainingDiverged, open_trainer, train
 
 log = logging.getLogger("rnnchar")
@@ -200,62 +200,85 @@ def _echo_stream(pieces) -> None:
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
 @click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=_finite,
               help="Temperature (> 0); lower is safer.")
-@click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models).")
-@click.option("--length", type=click.IntRange(min=0), help="Characters to write (stream models).")
+@click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models; with --beam: "
+              "the best N of the beam).")
+@click.option("--length", type=click.IntRange(min=0), help="Characters after the prime: at most (sentence "
+              "models), exactly (stream models) [default: sample.length].")
 @click.option("--prime", default="", help="Text to start from (characters the model knows).")
-@click.option("--argmax", is_flag=True, help="Greedy: always the most likely character.")
+@click.option("--argmax", is_flag=True, help="Greedy: always the most likely character (one sentence).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K likeliest characters.")
+@click.option("--beam", type=click.IntRange(min=1), metavar="K", help="Beam search: the K most likely "
+              "completions of the prime, best first.")
+@click.option("--json", "as_json", is_flag=True, help="With --beam: one JSON object per completion (text, "
+              "logprob, logprob_per_char, bits_per_char, chars, finished).")
 @click.option("--seed", type=int, help="Make the output reproducible.")
-def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
+def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, as_json, seed):
     """Write generated text to stdout as it is made.
 
     \b
     rnnchar sample --temp 0.7 -n 20 | sort | uniq -c
     rnnchar sample --checkpoint runs/lstm/best.npz --prime "The " --seed 1
-    rnnchar sample --argmax -n 1
+    rnnchar sample --argmax
+    rnnchar sample --beam 8 --prime "The old " --json   # the 8 most likely sentences
     """
-    from .sample import sample_sentences, sample_stream, unknown_chars
+    from .commands import checkpoint_or_newest, write_beams
+    from .sample import beam_search, sample_sentences, sample_stream, unknown_chars
 
-    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
+    if beam and (argmax or temp is not None or top_k is not None):
+        raise click.UsageError("--beam ranks by the model's own probabilities: drop --argmax/--temp/--top-k")
+    if as_json and not beam:
+        raise click.UsageError("--json goes with --beam (samples are plain text, one per line)")
+    model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
     bad = unknown_chars(vocab, prime)
     if bad:
         raise click.BadParameter(f"characters the model never saw: {' '.join(map(repr, bad))}",
                                  param_hint="--prime")
-    s = cfg.sample
+    s, sentences = cfg.sample, cfg.data.mode == "sentences"
     temp, top_k = temp or s.temp, top_k if top_k is not None else s.top_k
+    length = s.length if length is None else length
+    if beam:
+        beams = beam_search(model, vocab, beam, prime, length, sentences)
+        return write_beams(beams[:n or beam], sentences, as_json)
     rng = np.random.default_rng(seed)
-    if cfg.data.mode == "sentences":
-        lines = sample_sentences(model, vocab, rng, n or s.n, temp, top_k, argmax, prime)
+    if sentences:
+        if argmax and (n or 1) > 1:
+            click.echo(f"rnnchar: --argmax always writes the same sentence: writing 1, not {n}", err=True)
+        lines = sample_sentences(model, vocab, rng, 1 if argmax else n or s.n, temp, top_k, argmax, prime,
+                                 max_len=length)
         _echo_stream(line + "\n" for line in lines)
     else:
-        _echo_stream(sample_stream(model, vocab, rng, s.length if length is None else length,
-                                   temp, top_k, argmax, prime))
+        _echo_stream(sample_stream(model, vocab, rng, length, temp, top_k, argmax, prime))
         sys.stdout.write("\n")
 
 
 @main.command("eval")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--val", "validation", is_flag=True, help="Score the run's own validation split.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="A .npz checkpoint [default: the newest run under ./runs].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: bits_per_char, perplexity, chars, "
               "unknown_chars.")
 @click.option("--per-line", is_flag=True, help="Print 'bits-per-char<TAB>line' for every line.")
-def eval_cmd(file, checkpoint, as_json, per_line):
-    """Score text: bits per character and perplexity (FILE, - for stdin).
+def eval_cmd(file, validation, checkpoint, as_json, per_line):
+    """Score text: bits per character and perplexity (FILE, - for stdin, or --val).
 
-    Without FILE (and with stdin a terminal), scores the run's own validation split.
+    --val scores the run's own validation split (so does no FILE with stdin a terminal).
 
     \b
+    rnnchar eval --val
     rnnchar eval held_out.txt
     cat notes.txt | rnnchar eval - --json
     rnnchar eval --per-line notes.txt | sort -rn | head   # most surprising lines
     """
+    from .commands import checkpoint_or_newest
     from .data import read_text
     from .evaluate import score_lines, score_text
     from .runs import validation_score
 
-    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
-    if file is None and sys.stdin.isatty():
+    if validation and file is not None:
+        raise click.UsageError(f"--val scores the validation split: drop it, or drop {file}")
+    model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
+    if validation or (file is None and sys.stdin.isatty()):
         if per_line:
             raise click.UsageError("--per-line needs a FILE or - for stdin")
         result = validation_score(model, vocab, cfg)

@@ -51,6 +51,27 @@ def prep_cmd(book, output, max_line_len):
                "letters dropped (headings)", err=True)
 
 
+def checkpoint_or_newest(checkpoint: Path | None) -> Path:
+    """--checkpoint, or the newest run's checkpoint, named on stderr so the user knows which."""
+    if checkpoint is not None:
+        return checkpoint
+    from .report import checkpoint_summary
+    from .runs import find_checkpoint
+
+    path = find_checkpoint(Path("runs"))
+    click.echo(f"rnnchar: using {path} ({checkpoint_summary(path)})", err=True)
+    return path
+
+
+def write_beams(beams, sentences: bool, as_json: bool) -> None:
+    """Beam-search results on stdout: JSON lines, or one per line (stream texts: a blank line apart)."""
+    for k, b in enumerate(beams):
+        if as_json:
+            click.echo(json.dumps(b.as_dict()))
+        else:
+            click.echo(("" if sentences or k == 0 else "\n") + b.text)
+
+
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 

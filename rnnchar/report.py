@@ -90,17 +90,35 @@ def train_bpc_of(rec: dict) -> float | None:
     return None if nats is None else nats / math.log(2)
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The step counter of a checkpoint, reading only its metadata member; None if unreadable."""
+def _checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's metadata (step, history, ...), reading only that member; {} if unreadable."""
     try:
         with zipfile.ZipFile(path) as zf:
             if zf.getinfo("meta_json.npy").file_size > 64 << 20:
-                return None
+                return {}
         with np.load(path, allow_pickle=False) as z:
-            step = json.loads(z["meta_json"].item()).get("step")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, AttributeError, EOFError):
-        return None
+            meta = json.loads(z["meta_json"].item())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, AttributeError, EOFError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step counter of a checkpoint; None if unreadable."""
+    step = _checkpoint_meta(path).get("step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def checkpoint_summary(path: Path) -> str:
+    """'step N, validation X bits/char' for a checkpoint (what is known of it)."""
+    meta = _checkpoint_meta(path)
+    step = checkpoint_step(path)
+    history = meta.get("history") if isinstance(meta.get("history"), list) else []
+    vals = [_number(r.get("val_bpc")) for r in history if isinstance(r, dict) and r.get("step") == step]
+    parts = [f"step {step:,}" if step is not None else "step unknown"]
+    if vals and vals[-1] is not None:
+        parts.append(f"validation {vals[-1]:.4f} bits/char")
+    return ", ".join(parts)
 
 
 def run_info(run_dir: Path) -> RunInfo:
