@@ -138,20 +138,24 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where checkpoints and metrics go [default: runs/<config name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
+@click.option("--more", type=click.IntRange(min=0), metavar="N",
+              help="With --resume: train N steps beyond the checkpoint's step (sets train.steps).")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
-def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
+def train_cmd(config_name, corpus, sets, run_dir, resume, more, overwrite, quiet):
     """Train a model; checkpoints go to runs/<config name>/ (last.npz, best.npz, metrics.jsonl).
 
     \b
     rnnchar train --config lstm.yaml
     rnnchar train --config gru.yaml --corpus my.txt --set train.steps=5000
-    rnnchar train --config lstm.yaml --resume --set train.steps=6000
+    rnnchar train --config lstm.yaml --resume --more 2000
     rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
     """
     _setup_logging(quiet)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    if more is not None and (not resume or any(s.strip().startswith("train.steps=") for s in sets)):
+        raise click.UsageError("--more N goes with --resume and without --set train.steps=...")
     path = resolve_config_path(config_name) if config_name else None
     cfg = load_config(path, sets)
     if corpus is not None:
@@ -163,7 +167,7 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
                 "afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-        trainer = open_trainer(cfg, run_dir, resume)  # a bad corpus fails here, before anything is lost
+        trainer = open_trainer(cfg, run_dir, resume, more=more)  # a bad corpus fails here, nothing lost
         if overwrite:  # open_trainer already emptied metrics.jsonl
             for name in ("last.npz", "best.npz"):
                 (run_dir / name).unlink(missing_ok=True)

@@ -151,6 +151,8 @@ class TrainConfig(_Section):
     lr_schedule: str = _f("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
     lr_decay: float = _f(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"), "step schedule: lr factor")
     lr_decay_every: int = _f(1000, POS_INT, "step schedule: steps between decays")
+    lr_decay_steps: int = _f(0, NONNEG_INT, "cosine schedule: steps from lr down to 0.1 lr, then flat; "
+                             "0 = train.steps at the run's start (kept on resume)")
     warmup_steps: int = _f(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
     eval_every: int = _f(250, OFF_INT, "validate every N steps, 0 = off")
     sample_every: int = _f(500, OFF_INT, "show samples every N steps, 0 = off")
@@ -336,7 +338,7 @@ def lr_at(train: TrainConfig, step: int) -> float:
     """Learning rate for update number ``step`` (0-based): schedule x linear warmup.
 
     constant: lr; step: lr * lr_decay ** (step // lr_decay_every);
-    cosine: from lr down to 0.1 * lr at step == train.steps (then flat).
+    cosine: from lr down to 0.1 * lr at step == lr_decay_steps (or train.steps if 0), then flat.
     Warmup multiplies by (step + 1) / warmup_steps for the first warmup_steps updates.
     """
     if step < 0:
@@ -344,8 +346,9 @@ def lr_at(train: TrainConfig, step: int) -> float:
     lr = train.lr
     if train.lr_schedule == "step":
         lr *= train.lr_decay ** (step // train.lr_decay_every)
-    elif train.lr_schedule == "cosine" and train.steps > 0:
-        progress = min(step, train.steps) / train.steps
+    elif train.lr_schedule == "cosine" and (train.lr_decay_steps or train.steps) > 0:
+        horizon = train.lr_decay_steps or train.steps
+        progress = min(step, horizon) / horizon
         lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
     if step < train.warmup_steps:
         lr *= (step + 1) / train.warmup_steps

@@ -64,8 +64,9 @@ def test_train_writes_the_run_directory(corpus):
     assert {"last.npz", "best.npz", "metrics.jsonl", "config.yaml"} <= {p.name for p in run_dir.iterdir()}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10]
-    assert set(records[0]) == {"step", "train_loss", "val_bpc", "val_perplexity", "chars_per_sec", "lr",
-                               "elapsed_s"}
+    assert set(records[0]) == {"step", "train_bpc", "train_loss_nats", "val_bpc", "val_perplexity",
+                               "chars_per_sec", "lr", "elapsed_s"}
+    assert records[0]["train_bpc"] == pytest.approx(records[0]["train_loss_nats"] / np.log(2), abs=1e-5)
     ckpt = load_checkpoint(run_dir / "last.npz")
     assert ckpt.step == 10 and ckpt.config["model"]["hidden_sizes"] == [16]
     vocab = [chr(c) for c in ckpt.vocab]  # built from the training lines only, sorted
