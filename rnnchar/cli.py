@@ -27,6 +27,7 @@ from . import __version__
 from .checkpoint import CheckpointError
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
+from .finetune import base_config
 from .model import ShapeError
 from .runs import RunLock, load_model
 from .train import TrainingDiverged, open_trainer, train
@@ -140,9 +141,11 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
 @click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
 @click.option("--more", type=click.IntRange(min=0), metavar="N",
               help="With --resume: train N steps beyond the checkpoint's step (sets train.steps).")
+@click.option("--init-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="CKPT",
+              help="Fine-tune: a new run from CKPT's weights (its config unless --config; fresh optimizer).")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
-def train_cmd(config_name, corpus, sets, run_dir, resume, more, overwrite, quiet):
+def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet):
     """Train a model; checkpoints go to runs/<config name>/ (last.npz, best.npz, metrics.jsonl).
 
     \b
@@ -150,24 +153,28 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, more, overwrite, quiet
     rnnchar train --config gru.yaml --corpus my.txt --set train.steps=5000
     rnnchar train --config lstm.yaml --resume --more 2000
     rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
+    rnnchar train --init-from runs/lstm/best.npz --corpus poems.txt --set train.steps=500
     """
     _setup_logging(quiet)
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     if more is not None and (not resume or any(s.strip().startswith("train.steps=") for s in sets)):
         raise click.UsageError("--more N goes with --resume and without --set train.steps=...")
+    if init_from is not None and resume:
+        raise click.UsageError("--init-from starts a new run; --resume continues one: pick one")
     path = resolve_config_path(config_name) if config_name else None
-    cfg = load_config(path, sets)
+    cfg = load_config(path, sets, base=base_config(init_from) if init_from and not path else None)
     if corpus is not None:
         cfg.data.corpus = _corpus_option(corpus)
-    run_dir = run_dir or Path("runs") / (path.stem if path else "default")
+    default = f"{init_from.parent.name}-finetune" if init_from else path.stem if path else "default"
+    run_dir = run_dir or Path("runs") / default
     with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
         if (run_dir / "last.npz").exists() and not (resume or overwrite):
             raise click.ClickException(
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
                 "afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-        trainer = open_trainer(cfg, run_dir, resume, more=more)  # a bad corpus fails here, nothing lost
+        trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
         if overwrite:  # open_trainer already emptied metrics.jsonl
             for name in ("last.npz", "best.npz"):
                 (run_dir / name).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ PyYAML is used through ``safe_load`` only, so a config can never run code::
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import math
@@ -303,10 +304,11 @@ def _apply_override(raw: dict, item: str) -> None:
         raw[section][key] = value
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (a path or a bundled name) <- overrides, all validated."""
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- YAML file (a path or a bundled name; else `base`, e.g. a checkpoint's) <- overrides."""
     file = resolve_config_path(str(path)) if path is not None else None
-    raw = _read_yaml(file) if file is not None else {}
+    raw = _read_yaml(file) if file is not None else copy.deepcopy(base) if base is not None else {}
     for item in overrides if isinstance(raw, dict) else ():
         _apply_override(raw, item)
     return _build(raw, str(file) if file is not None else "config")

@@ -28,6 +28,7 @@ from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .evaluate import batch_nats
+from .finetune import FineTune
 from .model import CharModel, ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
@@ -200,9 +201,10 @@ def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> Non
 
 
 def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
-                 more: int | None = None) -> Trainer:
+                 more: int | None = None, init_from: Path | None = None) -> Trainer:
     """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's;
-    `more` sets train.steps to the checkpoint's step plus `more`."""
+    `more` sets train.steps to the checkpoint's step plus `more`; `init_from` starts a new run from
+    another checkpoint's weights (finetune.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = vocab = old = None
     if resume:
@@ -225,9 +227,13 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
             log.warning("nothing to train: %s is at step %d and train.steps is %d; pass --more N (or --set "
                         "train.steps=M) to train further", path, ckpt.step, cfg.train.steps)
     _fix_schedule_horizon(cfg, old, ckpt.step if ckpt else 0)
-    corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
+    cache_dir = run_dir / "cache" if cache else None
+    start = FineTune.open(cfg, init_from, cache_dir) if init_from is not None else None
+    corpus = start.corpus if start else load_corpus(cfg, vocab=vocab, cache_dir=cache_dir)
     try:
         trainer = Trainer(cfg, run_dir, corpus, ckpt)
+        if start:
+            start.load_into(trainer.model)
     except ValueError as err:  # ShapeError, a bad slot, RNG state or step: the file does not fit
         if ckpt is None:
             raise
