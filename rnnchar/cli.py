@@ -283,8 +283,7 @@ def eval_cmd(file, validation, checkpoint, as_json, per_line):
     """
     from .commands import checkpoint_or_newest
     from .data import read_text
-    from .evaluate import score_lines, score_text
-    from .runs import validation_score
+    from .evaluate import score_lines, score_text, validation_score
 
     if validation and file is not None:
         raise click.UsageError(f"--val scores the validation split: drop it, or drop {file}")
