@@ -220,10 +220,12 @@ def _echo_stream(pieces) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K likeliest characters.")
 @click.option("--beam", type=click.IntRange(min=1), metavar="K", help="Beam search: the K most likely "
               "completions of the prime, best first.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="With --beam: rank sentences by logprob / chars**ALPHA (1 per char, 0 the total).")
 @click.option("--json", "as_json", is_flag=True, help="With --beam: one JSON object per completion (text, "
               "logprob, logprob_per_char, bits_per_char, chars, finished).")
 @click.option("--seed", type=int, help="Make the output reproducible.")
-def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, as_json, seed):
+def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, as_json, seed):
     """Write generated text to stdout as it is made.
 
     \b
@@ -248,7 +250,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, as_json,
     temp, top_k = temp or s.temp, top_k if top_k is not None else s.top_k
     length = s.length if length is None else length
     if beam:
-        beams = beam_search(model, vocab, beam, prime, length, sentences)
+        beams = beam_search(model, vocab, beam, prime, length, sentences, alpha)
         return write_beams(beams[:n or beam], sentences, as_json)
     rng = np.random.default_rng(seed)
     if sentences:

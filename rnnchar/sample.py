@@ -14,10 +14,14 @@ refuse it with a clear message.
     for beam in beam_search(model, vocab, width=8, prime="The "):   # most likely first
         print(beam.text, beam.logprob / beam.chars)
 
-Beam search keeps the `width` most likely continuations, all fed to the model
-as one batch (one model step per character for the whole beam). Sentence
-models: whole sentences, ranked by total log-probability (the end of the
-sentence included); stream models: continuations of exactly `length` characters.
+Beam search keeps the `width` most likely continuations (by total
+log-probability), all fed to the model as one batch: one model step per
+character for the whole beam. Sentence models: at every step each live beam
+may also end, and the `width` best whole sentences are kept, ranked by
+log-probability / chars ** alpha, the end included: alpha 1 (the default) is
+per character; alpha 0 is the total, by which a sentence cut short after a
+few characters nearly always wins. Stream models: continuations of exactly
+`length` characters.
 """
 
 from __future__ import annotations
@@ -112,8 +116,12 @@ class Beam:
     chars: int         # characters scored: the completion, plus 1 for the end of a finished sentence
     finished: bool     # sentence models: ended with the boundary (False: cut off at the length limit)
 
+    @property
+    def per_char(self) -> float:
+        return self.logprob / max(self.chars, 1)
+
     def as_dict(self) -> dict:
-        per_char = self.logprob / max(self.chars, 1)
+        per_char = self.per_char
         return {"text": self.text, "logprob": round(self.logprob, 6), "logprob_per_char": round(per_char, 6),
                 "bits_per_char": round(-per_char / math.log(2), 6), "chars": self.chars,
                 "finished": self.finished}
@@ -134,30 +142,35 @@ def _start_ids(vocab: Vocab, prime: str, sentences: bool) -> np.ndarray:
 
 
 def beam_search(model: CharModel, vocab: Vocab, width: int, prime: str = "", max_len: int = 300,
-                sentences: bool = True) -> list[Beam]:
-    """The `width` most likely continuations of `prime`, best first (finished sentences first)."""
+                sentences: bool = True, alpha: float = 1.0) -> list[Beam]:
+    """The `width` most likely continuations of `prime`, best first (finished sentences first).
+
+    Sentences are ranked by logprob / chars ** alpha: 1 = per character, 0 = the total."""
+    def rank(b: Beam) -> float:
+        return -b.logprob / max(b.chars, 1) ** alpha
+
     logits, state = _feed(model, _start_ids(vocab, prime, sentences)[:, None], None)  # one row to start
     banned = [UNKNOWN] if sentences else [BOUNDARY, UNKNOWN]
     seqs, scores, done = [[]], np.zeros(1), []
     for t in range(max_len):
         logp = _log_softmax(logits)                                  # (k, V)
         logp[:, banned] = -np.inf
+        if sentences:  # every live beam may end here: a whole sentence, kept if among the best so far
+            for q, end in zip(seqs, scores + logp[:, BOUNDARY]):
+                if len(done) < width or -end / (len(q) + 1) ** alpha < rank(done[-1]):
+                    done = sorted([*done, Beam(prime + vocab.decode(q), float(end), len(q) + 1, True)],
+                                  key=rank)[:width]
+            logp[:, BOUNDARY] = -np.inf                              # the beams themselves go on
         total = (scores[:, None] + logp).ravel()                     # (k * V,)
-        n = min(2 * width, int(np.isfinite(total).sum()))
+        n = min(width, int(np.isfinite(total).sum()))
+        if n == 0:
+            break
         top = np.argpartition(-total, n - 1)[:n]
         top = top[np.argsort(-total[top], kind="stable")]
         parents, ids = np.divmod(top, logp.shape[1])
-        ended = ids == BOUNDARY if sentences else np.zeros(n, bool)
-        done += [Beam(prime + vocab.decode(seqs[p]), float(total[k]), len(seqs[p]) + 1, True)
-                 for k, p in zip(top[ended], parents[ended])]
-        keep = np.flatnonzero(~ended)[:width]
-        done.sort(key=lambda b: -b.logprob)
-        if not len(keep) or (len(done) >= width and total[top[keep[0]]] < done[width - 1].logprob):
-            return done[:width]  # log-probabilities only fall: no live beam can still make the top
-        seqs = [seqs[p] + [int(c)] for p, c in zip(parents[keep], ids[keep])]
-        scores = total[top[keep]]
+        seqs, scores = [seqs[p] + [int(c)] for p, c in zip(parents, ids)], total[top]
         if t + 1 < max_len:
-            state = [tuple(a[parents[keep]] for a in layer) for layer in state]
-            logits, state = model.step(ids[keep], state)
+            state = [tuple(a[parents] for a in layer) for layer in state]
+            logits, state = model.step(ids, state)
     cut = [Beam(prime + vocab.decode(q), float(s), len(q), not sentences) for q, s in zip(seqs, scores)]
-    return (done + cut)[:width]
+    return (done + sorted(cut, key=rank))[:width]

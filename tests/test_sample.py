@@ -58,8 +58,10 @@ def test_wide_beam_finds_every_sentence_with_its_exact_probability():
     assert finished.keys() == expected.keys()
     for text, lp in expected.items():
         assert finished[text] == pytest.approx(lp, abs=1e-9), text
-    order = [b.logprob for b in beams if b.finished]
-    assert order == sorted(order, reverse=True)
+    per_char = [b.logprob / b.chars for b in beams if b.finished]
+    assert per_char == sorted(per_char, reverse=True)  # ranked per character by default
+    totals = [b.logprob for b in beam_search(model, vocab, width=50, max_len=3, alpha=0.0) if b.finished]
+    assert totals == pytest.approx(sorted(expected.values(), reverse=True), abs=1e-9)  # alpha 0: the total
     assert all(len(b.text) == 3 for b in beams if not b.finished)  # cut off at max_len
 
 
@@ -104,7 +106,7 @@ def test_sample_beam_json_from_the_cli(trained):
         assert row["bits_per_char"] == pytest.approx(-row["logprob"] / row["chars"] / math.log(2), abs=1e-5)
         assert row["logprob_per_char"] == pytest.approx(row["logprob"] / row["chars"], abs=1e-5)
         assert len(row["text"]) - 4 <= 30
-    done = [row["logprob"] for row in rows if row["finished"]]
+    done = [row["logprob_per_char"] for row in rows if row["finished"]]
     assert done == sorted(done, reverse=True)
     plain = run("sample", "--beam", 4, "--prime", "The ", "-n", 2, "--length", 30)
     assert plain.exit_code == 0 and plain.stdout.splitlines() == [row["text"] for row in rows[:2]]
