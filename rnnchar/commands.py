@@ -1,8 +1,8 @@
 """The everyday commands beside train/sample/eval: prep, runs, plot. Registered on `main` by cli.py.
 
-    rnnchar prep book.txt > sentences.txt
+    rnnchar prep book.txt -o sentences.txt
     rnnchar runs --json
-    rnnchar plot runs/lstm runs/gru -o curves.png
+    rnnchar plot -o curves.png
 
 Like cli.py, these only parse, call and print; domain errors are mapped to exit
 codes by the `main` group.
@@ -91,7 +91,7 @@ def _run_rows(infos) -> list[list[str]]:
 
 
 @click.command("runs")
-@click.argument("root", default="runs", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("root", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for scripts.")
 def runs_cmd(root, as_json):
     """List the runs under ROOT [default: ./runs], newest first.
@@ -105,13 +105,14 @@ def runs_cmd(root, as_json):
     """
     from .report import list_runs
 
-    infos = list_runs(root)
+    root = root or Path("runs")
+    infos = list_runs(root) if root.is_dir() else []
+    if not infos:
+        click.echo(f"rnnchar: no runs under {root}", err=True)
+        return
     if as_json:
         for r in infos:
             click.echo(json.dumps(r.as_dict()))
-        return
-    if not infos:
-        click.echo(f"rnnchar: no runs under {root}", err=True)
         return
     rows = _run_rows(infos)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

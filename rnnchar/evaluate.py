@@ -2,6 +2,7 @@
 
     result = score_text(model, vocab, text, mode="sentences")
     print(result.bits_per_char, result.perplexity, result.unknown_chars)
+    held_out = validation_score(model, vocab, cfg)  # the run's own validation split
 
 Characters the model never saw are counted and map to the unknown token; as
 targets they are not scored (a model cannot predict what it never saw), so
@@ -111,4 +112,6 @@ def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
     nats, n = batch_nats(model, corpus.val_batches())
     if n == 0:
         raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
-    return result_from_nats(nats, n, 0)
+    val = [corpus.val] if corpus.mode == "stream" else corpus.val  # one id array, or one per sentence
+    unknown = sum(int(np.count_nonzero(ids == UNKNOWN)) for ids in val)  # counted, not scored
+    return result_from_nats(nats, n, unknown)

@@ -1,8 +1,11 @@
 """Fine-tuning: a new run that starts from another run's weights (`rnnchar train --init-from CKPT`).
 
-    cfg = load_config(None, sets, base=base_config(ckpt_path))     # the checkpoint's config, overridden
-    start = FineTune.open(cfg, ckpt_path, cache_dir)              # corpus with the extended vocabulary
-    start.load_into(model)                                        # model built for start.corpus.vocab
+    from rnnchar.config import build_model
+    ckpt = Path("runs/tiny/last.npz")
+    cfg = config_from_dict(base_config(ckpt))        # the checkpoint's config (the CLI adds --set)
+    start = FineTune.open(cfg, ckpt, cache_dir=None)  # the corpus, with the vocabulary extended
+    model = build_model(cfg, len(start.corpus.vocab))
+    start.load_into(model)                           # old rows by character, new rows fresh
 
 Only the weights are taken: the optimizer, step counter, RNG and history start
 afresh (as char-rnn's -init_from). Characters of the new text the model has

@@ -1,6 +1,8 @@
 """Learning curves of one or more runs: a text chart for the terminal, PNG/SVG through matplotlib.
 
-    print(text_chart([read_curve(Path("runs/lstm")), read_curve(Path("runs/gru"))]))
+    from rnnchar.report import read_curve
+    curves = [read_curve(Path("runs/tiny")), read_curve(Path("runs/x"))]
+    print(text_chart(curves))
     save_figure(curves, Path("curves.png"))      # needs the [plot] extra (matplotlib)
 
 The text chart needs nothing but the standard library: run k is drawn with

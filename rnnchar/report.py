@@ -2,7 +2,7 @@
 
     for info in list_runs(Path("runs")):             # newest first
         print(info.name, info.steps_done, info.best_val_bpc)
-    curve = read_curve(Path("runs/lstm"))            # step, elapsed, train and val bits/char
+    curve = read_curve(Path("runs/tiny"))            # step, elapsed, train and val bits/char
 
 Sources: config.yaml (cell, sizes, planned steps), metrics.jsonl (one record per
 evaluation), and the step counter in last.npz (read alone from the archive).

@@ -1,6 +1,7 @@
 """Books -> one sentence per line, for sentence-mode training (`rnnchar prep book.txt`).
 
-    sentences, report = book_sentences(read_text("book.txt"), max_len=500)
+    sentences, report = book_sentences(Path("corpus.txt").read_text(), max_len=500)
+    print(report.sentences, "sentences,", report.too_long, "too long")
 
 Standard library only. The rule, kept simple enough to state in one paragraph:
 paragraphs are separated by blank lines; the hard-wrapped lines of a paragraph

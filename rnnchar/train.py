@@ -1,8 +1,10 @@
 """The training loop: corpus -> batches -> model -> optimizer -> metrics and checkpoints.
 
-    summary = train(load_config("lstm.yaml"), run_dir=Path("runs/lstm"))
+    cfg = load_config("lstm.yaml", ["train.steps=100"])
+    trainer = open_trainer(cfg, Path("runs/lstm"), resume=False)  # resume=True: go on from last.npz
+    summary = train(trainer, should_stop=lambda: False, quiet=True)  # to train.steps or should_stop()
 
-Writes into `run_dir`: last.npz (every checkpoint_every steps and at the end),
+Writes into the run directory: last.npz (every checkpoint_every steps and at the end),
 best.npz (lowest validation loss), metrics.jsonl (one JSON object per
 evaluation) and config.yaml. Resuming restores parameters, optimizer slots,
 step, carried state and the data RNG, so a resumed run is bit-identical to an
@@ -58,7 +60,8 @@ class Trainer:
         self.model = build_model(cfg, len(corpus.vocab))
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
-        self.step, self.history, self.best = 0, [], math.inf
+        self.step, self.history = 0, []
+        self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows
         if ckpt is not None:
             self._restore(ckpt)
@@ -83,7 +86,7 @@ class Trainer:
             raise ValueError(f"the step counter is negative ({ckpt.step})")
         try:
             self.rng.bit_generator.state = ckpt.rng_state
-            self.best = float(ckpt.meta.get("best_val_loss", math.inf))
+            self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
         except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
@@ -94,7 +97,7 @@ class Trainer:
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
                           params=params, opt_state=dict(self.opt.state), step=self.step,
                           rng_state=self.rng.bit_generator.state, history=self.history,
-                          meta={"best_val_loss": self.best}, carry=carry)
+                          meta={"best_val_loss": self.best_val_nats}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
         save_checkpoint(self.run_dir / name, self.checkpoint())
@@ -135,7 +138,8 @@ class Trainer:
         log.info("samples at step %d:\n%s", self.step, "\n".join("  | " + t for t in texts))
 
 
-def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, should_stop) -> dict:
+def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
+                                should_stop) -> dict:
     """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
@@ -150,8 +154,8 @@ def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, sho
     val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
     log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step, train_loss / LN2,
              val, f"{cps:,.0f}")
-    if math.isfinite(val_loss) and val_loss < trainer.best:
-        trainer.best = val_loss
+    if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
+        trainer.best_val_nats = val_loss
         trainer.save("best.npz")
     return rec
 
@@ -274,9 +278,10 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             plain.tick(t.step, float(np.mean(losses)), chars / busy)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
-                rec = _record(t, float(np.mean(losses)), chars / busy, time.perf_counter() - t0, should_stop)
+                rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
+                                                  time.perf_counter() - t0, should_stop)
                 bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
-                                chars_s=f"{chars / busy:.0f}", refresh=False)
+                                chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
             if cfg.sample_every and t.step % cfg.sample_every == 0:
                 t.log_samples()
@@ -287,4 +292,4 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     interrupted = t.step < cfg.steps
     if interrupted or start == t.step:
         t.save()  # Ctrl-C (or nothing to do): the state as of the last finished step
-    return Summary(t.step, interrupted, t.best / math.log(2), t.history)
+    return Summary(t.step, interrupted, t.best_val_nats / math.log(2), t.history)

@@ -144,3 +144,9 @@ def test_every_command_has_examples_in_its_help_and_a_readme_section():
         r = run(name, "--help")
         assert r.exit_code == 0 and f"rnnchar {name} " in r.output, name
         assert f"### `rnnchar {name}`" in readme, name
+
+
+def test_runs_without_a_runs_folder_lists_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run("runs", "--json")
+    assert r.exit_code == 0 and r.stdout == "" and "no runs under runs" in r.stderr, r.output
