@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .commands import COMMANDS, echo_stream, finite_float
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .finetune import base_config
@@ -192,24 +192,10 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overw
     log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
 
 
-def _finite(ctx, param, value):
-    """FloatRange lets nan and inf through; a temperature must be a real number."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
-
-
-def _echo_stream(pieces) -> None:
-    out = sys.stdout
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
-
-
 @main.command("sample")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
-@click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=_finite,
+@click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=finite_float,
               help="Temperature (> 0); lower is safer.")
 @click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models; with --beam: "
               "the best N of the beam).")
@@ -234,13 +220,10 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, a
     rnnchar sample --argmax
     rnnchar sample --beam 8 --prime "The old " --json   # the 8 most likely sentences
     """
-    from .commands import checkpoint_or_newest, write_beams
+    from .commands import check_beam_options, checkpoint_or_newest, write_beams
     from .sample import beam_search, sample_sentences, sample_stream, unknown_chars
 
-    if beam and (argmax or temp is not None or top_k is not None):
-        raise click.UsageError("--beam ranks by the model's own probabilities: drop --argmax/--temp/--top-k")
-    if as_json and not beam:
-        raise click.UsageError("--json goes with --beam (samples are plain text, one per line)")
+    check_beam_options(beam, argmax or temp is not None or top_k is not None, as_json)
     model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
     bad = unknown_chars(vocab, prime)
     if bad:
@@ -258,9 +241,9 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, a
             click.echo(f"rnnchar: --argmax always writes the same sentence: writing 1, not {n}", err=True)
         lines = sample_sentences(model, vocab, rng, 1 if argmax else n or s.n, temp, top_k, argmax, prime,
                                  max_len=length)
-        _echo_stream(line + "\n" for line in lines)
+        echo_stream(line + "\n" for line in lines)
     else:
-        _echo_stream(sample_stream(model, vocab, rng, length, temp, top_k, argmax, prime))
+        echo_stream(sample_stream(model, vocab, rng, length, temp, top_k, argmax, prime))
         sys.stdout.write("\n")
 
 
@@ -312,9 +295,7 @@ def eval_cmd(file, validation, checkpoint, as_json, per_line):
                    f"chars {result.chars:,}  unknown {result.unknown_chars:,}")
 
 
-from .commands import COMMANDS  # noqa: E402  (prep, runs, plot: their own module, same error handling)
-
-for _command in COMMANDS:
+for _command in COMMANDS:  # prep, runs, plot: their own module, the same error handling
     main.add_command(_command)
 
 if __name__ == "__main__":

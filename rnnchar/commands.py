@@ -11,6 +11,8 @@ codes by the `main` group.
 from __future__ import annotations
 
 import json
+import math
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +51,28 @@ def prep_cmd(book, output, max_line_len):
     click.echo(f"rnnchar prep: {report.sentences:,} sentences, {report.too_long:,} longer than "
                f"{max_line_len} characters; {report.paragraphs_dropped:,} paragraphs without lower-case "
                "letters dropped (headings)", err=True)
+
+
+def finite_float(ctx, param, value):
+    """FloatRange lets nan and inf through; a temperature must be a real number."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def echo_stream(pieces) -> None:
+    """Write pieces to stdout as they come (a sample streams as it is generated)."""
+    out = sys.stdout
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+
+
+def check_beam_options(beam: int | None, sampling_options: bool, as_json: bool) -> None:
+    if beam and sampling_options:
+        raise click.UsageError("--beam ranks by the model's own probabilities: drop --argmax/--temp/--top-k")
+    if as_json and not beam:
+        raise click.UsageError("--json goes with --beam (samples are plain text, one per line)")
 
 
 def checkpoint_or_newest(checkpoint: Path | None) -> Path:
