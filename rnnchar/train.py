@@ -24,9 +24,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .comm import SingleComm
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
+from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
 from .evaluate import batch_nats
 from .model import CharModel, ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
@@ -60,9 +62,21 @@ class Trainer:
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
         self.step, self.history, self.best = 0, [], math.inf
-        self.carry = None  # hidden state carried between stream windows
+        self.carry = None  # hidden state carried between stream windows (this worker's rows)
+        self.comm, self.rows, self.stop_agreed = SingleComm(), slice(None), False
         if ckpt is not None:
             self._restore(ckpt)
+
+    def attach(self, comm) -> None:
+        """Train as one of comm.size data-parallel workers: this one computes its rows of each batch."""
+        self.comm, self.rows = comm, share(self.cfg.data.batch_size, comm.rank, comm.size)
+        self.carry = self.carry and [tuple(a[self.rows] for a in s) for s in self.carry]
+        self._grads = GradBuffer(self.model.params, 3)  # + nats, chars, stop flag
+        broadcast_params(comm, self.model.params)
+
+    def stopping(self, should_stop: Callable[[], bool]) -> bool:
+        """One process stops when asked; workers when any of them was asked (seen in the last step)."""
+        return should_stop() if self.comm.size == 1 else self.stop_agreed
 
     def _restore(self, ckpt: Checkpoint) -> None:
         """Take over a checkpoint's state; ValueError (ShapeError) names what does not fit this model."""
@@ -92,8 +106,9 @@ class Trainer:
         self.step, self.history = ckpt.step, list(ckpt.history)
 
     def checkpoint(self) -> Checkpoint:
+        """The run's state; with several workers every one must call it (the streams are gathered)."""
         opt_state = dict(self.opt.state)
-        for j, s in enumerate(self.carry or []):
+        for j, s in enumerate(gather_rows(self.comm, self.carry, self.rows, self.cfg.data.batch_size) or []):
             opt_state.update({f"carry/{j}/{k}": a for k, a in enumerate(s)})
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
                           params={k: p.w for k, p in self.model.params.items()}, opt_state=opt_state,
@@ -101,30 +116,49 @@ class Trainer:
                           meta={"best_val_loss": self.best})
 
     def save(self, name: str = "last.npz") -> None:
-        save_checkpoint(self.run_dir / name, self.checkpoint())
+        ckpt = self.checkpoint()
+        if self.comm.is_writer:
+            save_checkpoint(self.run_dir / name, ckpt)
 
-    def train_step(self) -> tuple[float, int]:
+    def train_step(self, should_stop: Callable[[], bool] = lambda: False) -> tuple[float, int]:
         """One optimizer step on the next batch; returns (loss per char, chars)."""
         cfg, model = self.cfg.train, self.model
         batch = self.corpus.train_batch(self.step, self.rng)
-        state = None if batch.reset else self.carry
-        res = model.loss(batch.inputs, batch.targets, batch.mask, state)
-        if not math.isfinite(res.loss):
-            raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
-        res.graph.backward()
+        mine = take_rows(batch, self.rows) if self.comm.size > 1 else batch
+        res = model.loss(mine.inputs, mine.targets, mine.mask, None if batch.reset else self.carry)
+        nats, n_chars = res.nats, res.n_chars
+        if self.comm.size > 1:  # the one reduction of the step: gradients, loss, chars, stop flag
+            res.graph.backward()
+            share_of_rows = mine.mask.shape[1] / batch.mask.shape[1]
+            nats, n_chars, stop = reduce_step(self.comm, self._grads, share_of_rows,
+                                              (nats, n_chars, float(should_stop())))
+            n_chars, self.stop_agreed = int(round(n_chars)), stop > 0
+        if not math.isfinite(nats):
+            raise TrainingDiverged(f"the training loss became {nats / batch.mask.shape[1]} at step "
+                                   f"{self.step + 1}")
+        if self.comm.size == 1:
+            res.graph.backward()
         if cfg.clip_norm > 0:  # on the per-character mean loss (PyTorch's convention), which is
             # the loss we differentiate (summed over steps) divided by the characters per row
-            clip_global_norm(model.params, cfg.clip_norm * max(res.n_chars, 1) / batch.inputs.shape[1])
+            clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
         carried = self.corpus.mode == "stream" and self.corpus.order == "sequential"
         self.carry = res.state if carried else None
         self.step += 1
-        return res.nats / max(res.n_chars, 1), res.n_chars
+        return nats / max(n_chars, 1), n_chars
 
     def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
-        """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short."""
+        """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short.
+
+        Workers score their share of each batch's rows and sum; they never stop part-way."""
+        if self.comm.size > 1:
+            c = self.comm
+            mine = (b for b in (take_rows(b, share(b.mask.shape[1], c.rank, c.size))
+                                for b in self.corpus.val_batches()) if b is not None)
+            nats, n = reduce_scalars(c, *batch_nats(self.model, mine))
+            return (nats / n if n else math.nan), int(n)
         nats, n = batch_nats(self.model, self.corpus.val_batches(), should_stop)
         return (nats / n if n and not should_stop() else math.nan), n
 
@@ -149,10 +183,11 @@ def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, sho
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
            "elapsed_s": round(elapsed, 2)}
     trainer.history.append(rec)
-    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-    log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
-             rec["val_bpc"], cps)
+    if trainer.comm.is_writer:
+        with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+            log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
+                 rec["val_bpc"], cps)
     if math.isfinite(val_loss) and val_loss < trainer.best:
         trainer.best = val_loss
         trainer.save("best.npz")
@@ -175,8 +210,10 @@ def _resume_diffs(old: Config, cfg: Config) -> list[str]:
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
 
 
-def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -> Trainer:
-    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's."""
+def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
+                 writer: bool = True) -> Trainer:
+    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's.
+    Only the writer (not a data-parallel worker) writes config.yaml and metrics.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = vocab = None
     if resume:
@@ -200,8 +237,9 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -
         if ckpt is None:
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")  # only once accepted
-    _rewrite_metrics(trainer)
+    if writer:
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")  # only once accepted
+        _rewrite_metrics(trainer)
     return trainer
 
 
@@ -213,9 +251,9 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
     try:
-        while t.step < cfg.steps and not should_stop():
+        while t.step < cfg.steps and not t.stopping(should_stop):
             tic = time.perf_counter()
-            loss, n = t.train_step()
+            loss, n = t.train_step(should_stop)
             busy += time.perf_counter() - tic
             losses.append(loss)
             chars += n
@@ -226,7 +264,7 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
                 rec = _record(t, float(np.mean(losses)), chars / busy, time.perf_counter() - t0, should_stop)
                 bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
-            if cfg.sample_every and t.step % cfg.sample_every == 0:
+            if cfg.sample_every and t.step % cfg.sample_every == 0 and t.comm.is_writer:
                 t.log_samples()
             if (cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0) or last:
                 t.save()

@@ -1,0 +1,207 @@
+"""Data-parallel communication: one small interface, three backends.
+
+    comm = SingleComm()               # one process: every collective is a no-op
+    comm.allreduce(buf)               # in place: buf becomes the sum of every worker's buf
+    comm.broadcast(buf, root=0)       # in place: every worker gets root's buf
+    comm.barrier()
+
+`LocalComm` joins the worker processes of one machine through shared memory
+and semaphores (standard library only): rank 0 is the process that started
+the others. `MPIComm` joins the ranks of an `mpiexec` job through mpi4py,
+which is imported only then (`pip install 'rnnchar[mpi]'`). Buffers are 1-D
+contiguous float arrays. Every worker gets bit-identical results from a
+collective, so workers that apply the same optimizer step stay identical.
+The numeric core never imports this module; the training loop calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+
+POLL_S = 0.2  # how often a waiting worker checks that its peers are still alive
+
+
+class WorkerLost(RuntimeError):
+    """A peer process ended or stopped answering; the survivors stop without saving."""
+
+
+class SingleComm:
+    """One process: today's behaviour."""
+
+    rank, size = 0, 1
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def allreduce(self, buf: np.ndarray) -> None:
+        pass
+
+    def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
+        pass
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self, ok: bool = True) -> None:
+        pass
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"ended with exit code {code}"
+
+
+class LocalComm(SingleComm):
+    """Worker processes of one machine: a shared-memory block, one semaphore pair per worker.
+
+    Layout of the block (`capacity` bytes per area): [flags: 8 bytes][slot 0]...[slot N-1][result].
+    allreduce: every worker copies its buffer into its slot; after a barrier each worker sums its
+    1/N of the elements over the slots in rank order into `result`; after a second barrier every
+    worker copies `result` back. Each element is summed once, in one fixed order, so all workers
+    get the same bits. The barrier goes through rank 0; a worker waiting in it checks every POLL_S
+    seconds that its peers live (rank 0 its child processes, the others their parent and the abort
+    flag), so a killed worker ends the run with WorkerLost instead of a hang.
+    """
+
+    def __init__(self, rank: int, size: int, shared, ups: list, downs: list, capacity: int, parent_pid: int):
+        self.rank, self.size, self.capacity, self.parent_pid = rank, size, capacity, parent_pid
+        self._shared, self._ups, self._downs = shared, ups, downs  # keep the RawArray alive
+        mem = np.frombuffer(shared, dtype=np.uint8)
+        self._flags = mem[:8].view(np.int64)  # [abort]
+        self._slots = [mem[8 + k * capacity: 8 + (k + 1) * capacity] for k in range(size)]
+        self._result = mem[8 + size * capacity: 8 + (size + 1) * capacity]
+        self.procs: list = []  # rank 0: the worker processes, to watch
+
+    @classmethod
+    def create(cls, ctx, size: int, capacity: int) -> LocalComm:
+        """Rank 0's end; `spec()` is what each started worker needs to join."""
+        capacity = -(-capacity // 64) * 64  # whole cache lines per area
+        shared = ctx.RawArray("b", 8 + (size + 1) * capacity)
+        ups = [ctx.Semaphore(0) for _ in range(size - 1)]
+        downs = [ctx.Semaphore(0) for _ in range(size - 1)]
+        return cls(0, size, shared, ups, downs, capacity, os.getpid())
+
+    def spec(self) -> tuple:
+        return (self.size, self._shared, self._ups, self._downs, self.capacity, self.parent_pid)
+
+    @classmethod
+    def join(cls, spec: tuple, rank: int) -> LocalComm:
+        size, shared, ups, downs, capacity, parent_pid = spec
+        return cls(rank, size, shared, ups, downs, capacity, parent_pid)
+
+    # -- liveness ----------------------------------------------------------------------
+
+    def _check_peers(self) -> None:
+        if self.rank == 0:
+            for k, p in enumerate(self.procs, start=1):
+                if p.exitcode is not None:
+                    raise WorkerLost(f"worker {k} of {self.size} (pid {p.pid}) {_exit_reason(p.exitcode)}")
+        elif self._flags[0]:
+            raise WorkerLost("the main process stopped the workers")
+        elif os.getppid() != self.parent_pid:
+            raise WorkerLost(f"the main process (pid {self.parent_pid}) ended")
+
+    def _wait(self, sem) -> None:
+        while not sem.acquire(timeout=POLL_S):
+            self._check_peers()
+
+    def barrier(self) -> None:
+        if self.rank == 0:
+            for up in self._ups:
+                self._wait(up)
+            for down in self._downs:
+                down.release()
+        else:
+            self._ups[self.rank - 1].release()
+            self._wait(self._downs[self.rank - 1])
+
+    # -- collectives ---------------------------------------------------------------------
+
+    def _area(self, area: np.ndarray, like: np.ndarray) -> np.ndarray:
+        if like.nbytes > self.capacity:
+            raise ValueError(f"a buffer of {like.nbytes} bytes exceeds the shared capacity {self.capacity}")
+        return area[: like.nbytes].view(like.dtype)
+
+    def allreduce(self, buf: np.ndarray) -> None:
+        self._area(self._slots[self.rank], buf)[...] = buf
+        self.barrier()
+        n = buf.size
+        lo, hi = self.rank * n // self.size, (self.rank + 1) * n // self.size
+        out = self._area(self._result, buf)[lo:hi]
+        np.copyto(out, self._area(self._slots[0], buf)[lo:hi])
+        for k in range(1, self.size):
+            np.add(out, self._area(self._slots[k], buf)[lo:hi], out=out)
+        self.barrier()
+        buf[...] = self._area(self._result, buf)
+
+    def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
+        if self.rank == root:
+            self._area(self._result, buf)[...] = buf
+        self.barrier()
+        if self.rank != root:
+            buf[...] = self._area(self._result, buf)
+        self.barrier()
+
+    def close(self, ok: bool = True, timeout: float = 30.0) -> None:
+        """Rank 0: wait for the workers to finish (ok) or stop them (not ok); never leaves one behind."""
+        if self.rank != 0:
+            return
+        if not ok:
+            self._flags[0] = 1
+        for p in self.procs:
+            p.join(timeout if ok else 2 * POLL_S + 1)
+        for p in self.procs:
+            if p.exitcode is None:
+                p.terminate()
+                p.join(5)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+
+
+MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH (hydra) and Open MPI for each rank
+
+
+def mpi_job_size() -> int:
+    """Ranks of the mpiexec job this process belongs to (MPICH, Open MPI), 1 outside one."""
+    for var in MPI_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
+class MPIComm(SingleComm):
+    """The ranks of an mpiexec job; mpi4py is imported here and nowhere else."""
+
+    def __init__(self):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise WorkerLost(f"this process runs under mpiexec ({mpi_job_size()} ranks) but mpi4py is not "
+                             "installed: pip install 'rnnchar[mpi]'") from None
+        self._mpi, self._comm = MPI, MPI.COMM_WORLD
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+
+    def allreduce(self, buf: np.ndarray) -> None:
+        self._comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+
+    def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
+        self._comm.Bcast(buf, root=root)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (a failure only this rank saw would leave the others waiting)."""
+        self._comm.Abort(code)

@@ -1,0 +1,99 @@
+"""What one data-parallel training step needs on top of a Comm: rows, one gradient reduction, state.
+
+    rows = share(B, comm.rank, comm.size)            # this worker's rows of the global batch
+    mine = take_rows(batch, rows)                    # (T, b) of the (T, B) batch
+    nats, n, stop = reduce_step(comm, params, buf, scale=b / B, scalars=(nats, n, stop))
+    carry = gather_rows(comm, carry, rows, B)        # every stream's state, in global order
+
+The model's loss averages over the rows it is given, so a worker's gradient is
+scaled by b / B before the sum: the reduced gradient is exactly the gradient of
+the loss averaged over the global batch, whatever the split (uneven ones too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Batch
+
+
+def share(n: int, rank: int, size: int) -> slice:
+    """Rank's contiguous part of n rows; parts differ by at most one row."""
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def take_rows(batch: Batch, rows: slice) -> Batch | None:
+    """This worker's columns of a (T, B) batch, None if it has none; sentence batches lose the
+    trailing steps where none of its rows predicts anything (their gradient is zero)."""
+    mask = batch.mask[:, rows]
+    if mask.shape[1] == 0:
+        return None
+    T = mask.shape[0]
+    if batch.reset and T and not mask[-1].any():
+        T = int(np.flatnonzero(mask.any(axis=1))[-1]) + 1 if mask.any() else 1
+    return Batch(batch.inputs[:T, rows], batch.targets[:T, rows], mask[:T], batch.reset)
+
+
+class GradBuffer:
+    """One flat buffer holding every parameter's gradient and a few scalars, for one reduction."""
+
+    def __init__(self, params: dict, n_scalars: int):
+        self.params = list(params.values())
+        self.n = sum(p.w.size for p in self.params)
+        self.flat = np.zeros(self.n + n_scalars, dtype=self.params[0].w.dtype)
+
+    def pack(self, scale: float, scalars) -> None:
+        o = 0
+        for p in self.params:
+            g = self.flat[o: o + p.w.size]
+            np.multiply(p.dw.ravel(), scale, out=g) if scale != 1 else np.copyto(g, p.dw.ravel())
+            o += p.w.size
+        self.flat[self.n:] = scalars
+
+    def unpack(self) -> np.ndarray:
+        o = 0
+        for p in self.params:
+            p.dw[...] = self.flat[o: o + p.w.size].reshape(p.w.shape)
+            o += p.w.size
+        return self.flat[self.n:].astype(np.float64)
+
+
+def reduce_step(comm, buf: GradBuffer, scale: float, scalars) -> np.ndarray:
+    """Sum gradients (each scaled by `scale`) and `scalars` over all workers: one allreduce."""
+    buf.pack(scale, scalars)
+    comm.allreduce(buf.flat)
+    return buf.unpack()
+
+
+def reduce_scalars(comm, *values: float) -> np.ndarray:
+    out = np.array(values, dtype=np.float64)
+    comm.allreduce(out)
+    return out
+
+
+def gather_rows(comm, state: list, rows: slice, B: int) -> list:
+    """Every worker's rows of a stacked state [(arrays (b, H), ...), ...] -> the (B, H) arrays."""
+    if comm.size == 1 or state is None:
+        return state
+    full = [tuple(np.zeros((B,) + a.shape[1:], a.dtype) for a in s) for s in state]
+    for s, f in zip(state, full):
+        for a, g in zip(s, f):
+            g[rows] = a
+    flat = np.concatenate([g.ravel() for f in full for g in f])
+    comm.allreduce(flat)  # every other worker holds zeros in these rows: the sum is a gather
+    out, o = [], 0
+    for f in full:
+        out.append(tuple(flat[o: (o := o + g.size)].reshape(g.shape) for g in f))
+    return out
+
+
+def broadcast_params(comm, params: dict) -> None:
+    """Every worker starts from rank 0's parameters (MPI ranks on other machines included)."""
+    if comm.size == 1:
+        return
+    ps = list(params.values())
+    flat = np.concatenate([p.w.ravel() for p in ps])
+    comm.broadcast(flat)
+    o = 0
+    for p in ps:
+        p.w[...] = flat[o: (o := o + p.w.size)].reshape(p.w.shape)
