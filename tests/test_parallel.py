@@ -109,8 +109,11 @@ def test_auto_workers_splits_only_batches_worth_it():
     assert resolve_workers(big, n_params=200_000, n_cores=2) == 2
     assert resolve_workers(big, n_params=200_000, n_cores=1) == 1
     assert resolve_workers(big, n_params=2_000, n_cores=2) == 1  # a tiny model: overhead dominates
-    small_batch = load_config(None, ["data.batch_size=4"])
+    small_batch = load_config(None, ["data.batch_size=4"])  # 4 x 32 x 200k: work enough for one
     assert resolve_workers(small_batch, n_params=200_000, n_cores=8) == 1
+    stream = load_config(None, ["data.batch_size=8", "data.mode=stream", "data.seq_len=64"])
+    assert resolve_workers(stream, n_params=200_000, n_cores=8) == 4  # 2 rows x 64 x 200k each
+    assert resolve_workers(stream, n_params=200_000, n_cores=3) == 3
     stdin = load_config(None, ["data.batch_size=32", "data.corpus=-"])
     assert resolve_workers(stdin, n_params=200_000, n_cores=2) == 1
     with pytest.raises(ConfigError, match="batch of 2 rows"):
