@@ -2,18 +2,21 @@
 
 Layout (all plain arrays, so ``np.load(path, allow_pickle=False)`` reads it)::
 
-    format_version   0-d int64
+    format_version   0-d int64: 2 (version 1 files are still read)
     config_json      0-d unicode: the resolved config
-    meta_json        0-d unicode: step, rng_state, history, meta
-    vocab            (V,) int64 code points
-    param/<name>     float32/float64 parameters, dotted names ("layer0.W")
-    opt/<slot>       optimizer slots ("cache/layer0.W", "t")
+    meta_json        0-d unicode: step, rng_state, history, meta (best_val_loss in nats per char)
+    vocab            (V - 2,) int64 code points
+    param/<name>     float32/float64 parameters, dotted names ("embed.W", "layer0.Wx", "decoder.b")
+    opt/<slot>       optimizer slots: "cache/<name>" (rmsprop); "m/<name>", "v/<name>", "t" (adam)
+    carry/<j>/<k>    stream mode: state k of layer j carried into the next window, (B, H_j)
 
-Saving is atomic (temp file in the same folder, fsync, rename), so a crash or
-Ctrl-C leaves the previous checkpoint intact. Usage::
+Version 1 kept the carried state among the optimizer slots (``opt/carry/<j>/<k>``);
+``load_checkpoint`` moves it to ``Checkpoint.carry``. Saving is atomic (temp file
+in the same folder, fsync, rename), so a crash or Ctrl-C leaves the previous
+checkpoint intact. Usage::
 
-    save_checkpoint("runs/x/model.npz", Checkpoint(cfg, vocab, params, opt_state, step, rng_state, history))
-    ckpt = load_checkpoint("runs/x/model.npz")
+    save_checkpoint("runs/x/last.npz", Checkpoint(config, vocab, params, opt_state, step, rng_state, history))
+    ckpt = load_checkpoint("runs/x/last.npz")
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 kept the carried stream state among the optimizer slots
 _REQUIRED = ("format_version", "config_json", "meta_json", "vocab")
 
 
@@ -50,6 +54,7 @@ class Checkpoint:
     rng_state: dict
     history: list[dict]
     meta: dict = field(default_factory=dict)
+    carry: dict[str, np.ndarray] = field(default_factory=dict)  # stream state: "<layer>/<k>" -> (B, H)
 
 
 def _json_default(obj: Any) -> Any:
@@ -80,6 +85,8 @@ def _arrays_to_save(path: Path, ckpt: Checkpoint) -> dict[str, np.ndarray]:
     arrays = {f"param/{name}": _numeric(f"param/{name}", w, path, "f") for name, w in ckpt.params.items()}
     for slot, value in ckpt.opt_state.items():
         arrays[f"opt/{slot}"] = _numeric(f"opt/{slot}", value, path, "fiub")
+    for key, value in ckpt.carry.items():
+        arrays[f"carry/{key}"] = _numeric(f"carry/{key}", value, path, "f")
     meta = {"step": int(ckpt.step), "rng_state": ckpt.rng_state, "history": ckpt.history, "meta": ckpt.meta}
     try:
         arrays["config_json"] = np.array(json.dumps(ckpt.config, default=_json_default))
@@ -183,9 +190,9 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             version = _read_array(z, "format_version", path) if "format_version" in z.files else None
             if version is not None and (version.shape != () or version.dtype.kind not in "iu"
-                                        or int(version) != FORMAT_VERSION):
+                                        or int(version) not in READABLE_VERSIONS):
                 raise CheckpointError(f"{path}: checkpoint format version {version.tolist()!r}, but this "
-                                      f"rnnchar reads version {FORMAT_VERSION}")
+                                      f"rnnchar reads version {FORMAT_VERSION} (and older version 1)")
             missing = [k for k in _REQUIRED if k not in z.files]
             if missing:
                 raise CheckpointError(f"{path}: not an rnnchar checkpoint: missing {', '.join(missing)}")
@@ -241,6 +248,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             not isinstance(meta.get(k), t) or isinstance(meta.get(k), bool) for k, t in expected.items()):
         raise CheckpointError(f"{path}: config_json must be an object and meta_json an object with "
                               "step (int), rng_state, history (list) and meta")
-    return Checkpoint(config=config, vocab=vocab.astype(np.int64), params=params,
-                      opt_state=_checked(arrays, "opt/", path, "fiub"), step=meta["step"],
-                      rng_state=meta["rng_state"], history=meta["history"], meta=meta["meta"])
+    opt_state, carry = _checked(arrays, "opt/", path, "fiub"), _checked(arrays, "carry/", path, "f")
+    if int(arrays["format_version"]) == 1:  # version 1 stored the carried state as opt/carry/...
+        carry = {k[len("carry/"):]: opt_state.pop(k) for k in list(opt_state) if k.startswith("carry/")}
+    return Checkpoint(config=config, vocab=vocab.astype(np.int64), params=params, opt_state=opt_state,
+                      step=meta["step"], rng_state=meta["rng_state"], history=meta["history"],
+                      meta=meta["meta"], carry=carry)

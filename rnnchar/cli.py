@@ -276,8 +276,7 @@ def eval_cmd(file, checkpoint, as_json, per_line):
     rnnchar eval --per-line notes.txt | sort -rn | head   # most surprising lines
     """
     from .data import read_text
-    from .evaluate import score_lines, score_text
-    from .runs import validation_score
+    from .evaluate import score_lines, score_text, validation_score
 
     model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
     if file is None and sys.stdin.isatty():

@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import yaml
+
+from .model import CharModel
 
 
 class ConfigError(ValueError):
@@ -352,6 +355,11 @@ def lr_at(train: TrainConfig, step: int) -> float:
     if step < train.warmup_steps:
         lr *= (step + 1) / train.warmup_steps
     return lr
+
+
+def build_model(cfg: Config, vocab_size: int) -> CharModel:
+    """The model a config describes, initialised from train.seed (weights random until trained)."""
+    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -28,10 +28,11 @@ from .data import (
     Vocab,
     encode_sentences,
     read_text,
+    sentence_batches,
     sentence_lines,
     split_train_val,
+    stream_batches,
 )
-from .evaluate import EVAL_BATCH, stream_batches
 from .idcache import encode_file_to_ids
 
 
@@ -46,17 +47,20 @@ class Corpus:
 
     order: str = "sequential"       # stream mode: sequential (truncated BPTT) or random windows
 
+    @property
+    def carries_state(self) -> bool:
+        """True when a training batch continues the previous one, so its final hidden state is kept."""
+        return self.mode == "stream" and self.order == "sequential"
+
     def train_batch(self, step: int, rng: np.random.Generator):
         if isinstance(self.batcher, SentenceBatcher):
             return self.batcher.batch(rng)
         return self.batcher.random_batch(rng) if self.order == "random" else self.batcher.batch(step)
 
     def val_batches(self):
-        if len(self.val) == 0:
-            return iter(())
         if self.mode == "stream":
             return stream_batches(self.val) if len(self.val) > 2 else iter(())
-        return SentenceBatcher(self.val, min(EVAL_BATCH, len(self.val))).iter_all()
+        return sentence_batches(self.val)
 
     def describe(self) -> str:
         n_val = len(self.val) if self.mode == "stream" else sum(len(s) - 1 for s in self.val)

@@ -19,6 +19,8 @@ import numpy as np
 
 BOUNDARY = 0  # start/end-of-sentence token id
 UNKNOWN = 1  # id for characters below min_count or unseen at training time
+EVAL_BATCH = 32  # sentences or parallel streams scored at once (validation, eval)
+EVAL_SEQ = 256  # window length when scoring a stream (state carried across windows)
 
 
 class DataError(ValueError):
@@ -30,7 +32,7 @@ def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
-def _count_code_points(texts: Iterable[str], flush_chars: int = 1 << 20) -> np.ndarray:
+def count_code_points(texts: Iterable[str], flush_chars: int = 1 << 20) -> np.ndarray:
     """(max code point + 1,) int64 counts; short texts are joined so each bincount sees many chars."""
     counts, pending, n_pending = np.zeros(0, dtype=np.int64), [], 0
     for text in texts:
@@ -63,10 +65,11 @@ class Vocab:
     @classmethod
     def build(cls, texts: Iterable[str], min_count: int = 1) -> Vocab:
         """Count code points over all texts; characters seen fewer than min_count times are left out."""
-        return cls._from_counts(_count_code_points(texts), min_count)
+        return cls.from_counts(count_code_points(texts), min_count)
 
     @classmethod
-    def _from_counts(cls, counts: np.ndarray, min_count: int) -> Vocab:
+    def from_counts(cls, counts: np.ndarray, min_count: int) -> Vocab:
+        """The characters whose count_code_points count reaches min_count (the big-file path)."""
         codes = np.flatnonzero(counts >= max(min_count, 1))
         return cls(chr(c) for c in codes.tolist() if not 0xD800 <= c <= 0xDFFF)  # lone surrogates: UNKNOWN
 
@@ -124,16 +127,19 @@ _WHY = {FileNotFoundError: "no such file", IsADirectoryError: "it is a directory
         PermissionError: "permission denied"}
 
 
-def _read_error(name, err: OSError) -> DataError:
+def read_error(name, err: OSError) -> DataError:
+    """The DataError for a file that cannot be read (shared with idcache's chunked reader)."""
     return DataError(f"cannot read {name}: {_WHY.get(type(err), err.strerror or str(err))}")
 
 
-def _utf8_error(name, offset: int, err: UnicodeDecodeError) -> DataError:
+def utf8_error(name, offset: int, err: UnicodeDecodeError) -> DataError:
+    """The DataError for bytes that are not UTF-8, at a byte offset into the whole file."""
     return DataError(f"{name}: not valid UTF-8 at byte offset {offset} (byte 0x{err.object[err.start]:02x}: "
                      f"{err.reason}); convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8")
 
 
-def _normalise_newlines(text: str) -> str:
+def normalise_newlines(text: str) -> str:
+    """CRLF and lone CR -> LF."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -143,12 +149,12 @@ def read_text(path) -> str:
     try:
         data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
     except OSError as err:
-        raise _read_error(name, err) from None
+        raise read_error(name, err) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _utf8_error(name, err.start, err) from None
-    return _normalise_newlines(text.removeprefix("\ufeff"))
+        raise utf8_error(name, err.start, err) from None
+    return normalise_newlines(text.removeprefix("\ufeff"))
 
 
 def sentence_lines(text: str, max_len: int) -> tuple[list[str], int]:
@@ -305,3 +311,15 @@ class StreamBatcher:
     def iter_all(self) -> Iterator[Batch]:
         """One pass over all windows in order (reset only on the first)."""
         return (self.batch(k) for k in range(self.windows_per_epoch))
+
+
+def sentence_batches(seqs: list[np.ndarray], batch_size: int = EVAL_BATCH) -> Iterator[Batch]:
+    """Every encoded sentence once, in batches of up to batch_size (nothing for no sentences)."""
+    return SentenceBatcher(seqs, min(batch_size, len(seqs))).iter_all() if seqs else iter(())
+
+
+def stream_batches(ids: np.ndarray, streams: int = EVAL_BATCH, seq_len: int = EVAL_SEQ) -> Iterator[Batch]:
+    """Windows over `ids` (at least 2) in up to `streams` parallel streams (fewer for short texts)."""
+    B = max(1, min(streams, (len(ids) - 1) // 2))
+    T = max(1, min(seq_len, (len(ids) - 1) // B - 1))
+    return StreamBatcher(ids, B, T).iter_all()

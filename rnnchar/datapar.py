@@ -35,26 +35,39 @@ def take_rows(batch: Batch, rows: slice) -> Batch | None:
 
 
 class GradBuffer:
-    """One flat buffer holding every parameter's gradient and a few scalars, for one reduction."""
+    """One flat buffer holding every parameter's gradient and a few scalars, for one reduction.
+
+    When the model keeps its gradients in one flat array (`params.dw`, views behind every Mat's dw),
+    packing and unpacking are one pass each; otherwise each Mat's dw is copied in and out."""
 
     def __init__(self, params: dict, n_scalars: int):
-        self.params = list(params.values())
-        self.n = sum(p.w.size for p in self.params)
-        self.flat = np.zeros(self.n + n_scalars, dtype=self.params[0].w.dtype)
+        self.params = params
+        self.flat_dw = getattr(params, "dw", None)
+        self.n = sum(p.w.size for p in params.values())
+        self.flat = np.zeros(self.n + n_scalars, dtype=next(iter(params.values())).w.dtype)
+
+    def _views(self):
+        if self.flat_dw is not None:
+            yield self.flat_dw, self.flat[: self.n]
+            return
+        o = 0
+        for p in self.params.values():
+            yield p.dw.reshape(-1), self.flat[o: o + p.w.size]  # (a copy if p.dw is not contiguous)
+            o += p.w.size
 
     def pack(self, scale: float, scalars) -> None:
-        o = 0
-        for p in self.params:
-            g = self.flat[o: o + p.w.size]
-            np.multiply(p.dw.ravel(), scale, out=g) if scale != 1 else np.copyto(g, p.dw.ravel())
-            o += p.w.size
+        for dw, part in self._views():
+            np.multiply(dw, scale, out=part)
         self.flat[self.n:] = scalars
 
     def unpack(self) -> np.ndarray:
-        o = 0
-        for p in self.params:
-            p.dw[...] = self.flat[o: o + p.w.size].reshape(p.w.shape)
-            o += p.w.size
+        if self.flat_dw is not None:
+            self.flat_dw[...] = self.flat[: self.n]
+        else:
+            o = 0
+            for p in self.params.values():
+                p.dw[...] = self.flat[o: o + p.w.size].reshape(p.w.shape)
+                o += p.w.size
         return self.flat[self.n:].astype(np.float64)
 
 
@@ -83,7 +96,11 @@ def gather_rows(comm, state: list, rows: slice, B: int) -> list:
     comm.allreduce(flat)  # every other worker holds zeros in these rows: the sum is a gather
     out, o = [], 0
     for f in full:
-        out.append(tuple(flat[o: (o := o + g.size)].reshape(g.shape) for g in f))
+        arrays = []
+        for g in f:
+            arrays.append(flat[o: o + g.size].reshape(g.shape))
+            o += g.size
+        out.append(tuple(arrays))
     return out
 
 
@@ -91,9 +108,14 @@ def broadcast_params(comm, params: dict) -> None:
     """Every worker starts from rank 0's parameters (MPI ranks on other machines included)."""
     if comm.size == 1:
         return
+    flat = getattr(params, "w", None)
+    if flat is not None:  # the model's own flat buffer: in place
+        comm.broadcast(flat)
+        return
     ps = list(params.values())
     flat = np.concatenate([p.w.ravel() for p in ps])
     comm.broadcast(flat)
     o = 0
     for p in ps:
-        p.w[...] = flat[o: (o := o + p.w.size)].reshape(p.w.shape)
+        p.w[...] = flat[o: o + p.w.size].reshape(p.w.shape)
+        o += p.w.size

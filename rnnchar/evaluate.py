@@ -19,11 +19,20 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .data import UNKNOWN, Batch, SentenceBatcher, StreamBatcher, Vocab, encode_sentences, sentence_lines
+from .config import Config
+from .corpus import load_corpus
+from .data import (
+    UNKNOWN,
+    Batch,
+    DataError,
+    Vocab,
+    encode_sentences,
+    sentence_batches,
+    sentence_lines,
+    stream_batches,
+)
 from .model import CharModel
 
-EVAL_BATCH = 32   # sentences or parallel streams scored at once
-EVAL_SEQ = 256    # window length when streaming (state carried across windows)
 PROGRESS_CHARS = 200_000  # texts at least this long show a progress bar (on a terminal)
 
 
@@ -58,18 +67,8 @@ def batch_nats(model: CharModel, batches: Iterable[Batch], should_stop: Callable
     return nats, n
 
 
-def line_batches(model_vocab: Vocab, lines: list[str], batch_size: int = EVAL_BATCH) -> list[Batch]:
-    if not lines:
-        return []
-    seqs = encode_sentences(lines, model_vocab)
-    return list(SentenceBatcher(seqs, min(batch_size, len(seqs))).iter_all())
-
-
-def stream_batches(ids: np.ndarray, streams: int = EVAL_BATCH, seq_len: int = EVAL_SEQ):
-    """Windows over `ids` in up to `streams` parallel streams (fewer for short texts)."""
-    B = max(1, min(streams, (len(ids) - 1) // 2))
-    T = max(1, min(seq_len, (len(ids) - 1) // B - 1))
-    return StreamBatcher(ids, B, T).iter_all()
+def line_batches(model_vocab: Vocab, lines: list[str]) -> list[Batch]:
+    return list(sentence_batches(encode_sentences(lines, model_vocab))) if lines else []
 
 
 def score_text(model: CharModel, vocab: Vocab, text: str, mode: str, max_line_len: int = 10**9) -> EvalResult:
@@ -104,3 +103,12 @@ def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> 
             res = model.loss(ids[:-1, None], ids[1:, None], mask, needs_backprop=False)
             nats, n = res.nats, int(mask.sum())
         yield nats / n / math.log(2) if n else float("nan")
+
+
+def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
+    """Bits per char on the held-out split of the corpus the model was trained on."""
+    corpus = load_corpus(cfg, vocab=vocab)
+    nats, n = batch_nats(model, corpus.val_batches())
+    if n == 0:
+        raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
+    return result_from_nats(nats, n, 0)

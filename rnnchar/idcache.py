@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Vocab, _count_code_points, _normalise_newlines, _read_error, _utf8_error
+from .data import DataError, Vocab, count_code_points, normalise_newlines, read_error, utf8_error
 
 
 def _iter_text_chunks(path: Path, chunk_bytes: int) -> Iterator[str]:
@@ -34,7 +34,7 @@ def _iter_text_chunks(path: Path, chunk_bytes: int) -> Iterator[str]:
                 try:
                     text = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as err:
-                    raise _utf8_error(path, offset - pending + err.start, err) from None
+                    raise utf8_error(path, offset - pending + err.start, err) from None
                 offset += len(data)
                 if at_start and text:
                     text, at_start = text.removeprefix("\ufeff"), False
@@ -42,11 +42,11 @@ def _iter_text_chunks(path: Path, chunk_bytes: int) -> Iterator[str]:
                 if data and text.endswith("\r"):  # maybe the first half of a CRLF split by the chunk
                     text, carry = text[:-1], "\r"
                 if text:
-                    yield _normalise_newlines(text)
+                    yield normalise_newlines(text)
                 if not data:
                     return
     except OSError as err:
-        raise _read_error(path, err) from None
+        raise read_error(path, err) from None
 
 
 def _encode_into(out: np.ndarray, path: Path, vocab: Vocab, chunk_chars: int, stat: os.stat_result) -> None:
@@ -120,15 +120,15 @@ def encode_file_to_ids(path, vocab: Vocab | None, min_count: int, cache_dir,
     try:
         stat = path.stat()
     except OSError as err:
-        raise _read_error(path, err) from None
+        raise read_error(path, err) from None
     if cache_dir is not None:
         ids_path, vocab_path = _cache_paths(path, stat, vocab, min_count, cache_dir)
         if (cached := _load_cache(ids_path, vocab_path, vocab)) is not None:
             return cached
     built = vocab is None
     if built:  # pass 1: count the characters (and each code point, for the vocab)
-        counts = _count_code_points(_iter_text_chunks(path, chunk_chars))
-        vocab, n = Vocab._from_counts(counts, min_count), int(counts.sum())
+        counts = count_code_points(_iter_text_chunks(path, chunk_chars))
+        vocab, n = Vocab.from_counts(counts, min_count), int(counts.sum())
     else:
         n = sum(len(text) for text in _iter_text_chunks(path, chunk_chars))
     dtype = np.uint8 if len(vocab) <= 256 else np.uint16 if len(vocab) <= 65536 else np.int32

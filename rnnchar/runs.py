@@ -12,12 +12,9 @@ import os
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, config_from_dict
-from .corpus import load_corpus
+from .config import Config, build_model, config_from_dict
 from .data import DataError, Vocab
-from .evaluate import EvalResult, batch_nats, result_from_nats
 from .model import CharModel, ShapeError
-from .train import build_model
 
 
 class RunLock:
@@ -77,11 +74,3 @@ def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
         raise CheckpointError(f"{path}: {e}") from None
     return model, vocab, cfg
 
-
-def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
-    """Bits per char on the held-out split of the corpus the model was trained on."""
-    corpus = load_corpus(cfg, vocab=vocab)
-    nats, n = batch_nats(model, corpus.val_batches())
-    if n == 0:
-        raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
-    return result_from_nats(nats, n, 0)

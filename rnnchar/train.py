@@ -25,12 +25,12 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .comm import SingleComm
-from .config import Config, config_from_dict, config_to_dict, config_to_yaml, lr_at
+from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
 from .evaluate import batch_nats
-from .model import CharModel, ShapeError
+from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
 
@@ -47,10 +47,6 @@ class Summary:
     interrupted: bool = False
     best_val_bpc: float = math.inf
     history: list = field(default_factory=list)
-
-
-def build_model(cfg: Config, vocab_size: int) -> CharModel:
-    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
 
 
 class Trainer:
@@ -81,21 +77,19 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint) -> None:
         """Take over a checkpoint's state; ValueError (ShapeError) names what does not fit this model."""
         self.model.load_params(ckpt.params)
-        slots = {k: v for k, v in ckpt.opt_state.items() if not k.startswith("carry/")}
-        for key, arr in slots.items():
+        for key, arr in ckpt.opt_state.items():
             p = self.model.params.get(key.partition("/")[2])
             if (p.shape if p is not None else ()) != arr.shape:
                 raise ShapeError(f"optimizer slot {key} has shape {arr.shape}, expected "
                                  f"{p.shape if p is not None else 'a scalar'}")
-        self.opt.load_state(slots)
-        carry = {k: v for k, v in ckpt.opt_state.items() if k.startswith("carry/")}
-        if carry:
+        self.opt.load_state(ckpt.opt_state)
+        if ckpt.carry:
             zero = self.model.zero_state(self.cfg.data.batch_size)
-            want = {f"carry/{j}/{k}": a.shape for j, s in enumerate(zero) for k, a in enumerate(s)}
-            got = {k: v.shape for k, v in carry.items()}
+            want = {f"{j}/{k}": a.shape for j, s in enumerate(zero) for k, a in enumerate(s)}
+            got = {k: v.shape for k, v in ckpt.carry.items()}
             if got != want:
                 raise ShapeError(f"the carried stream state has shapes {got}, the model needs {want}")
-            self.carry = [tuple(carry[f"carry/{j}/{k}"] for k in range(len(s))) for j, s in enumerate(zero)]
+            self.carry = [tuple(ckpt.carry[f"{j}/{k}"] for k in range(len(s))) for j, s in enumerate(zero)]
         if ckpt.step < 0:
             raise ValueError(f"the step counter is negative ({ckpt.step})")
         try:
@@ -107,13 +101,13 @@ class Trainer:
 
     def checkpoint(self) -> Checkpoint:
         """The run's state; with several workers every one must call it (the streams are gathered)."""
-        opt_state = dict(self.opt.state)
-        for j, s in enumerate(gather_rows(self.comm, self.carry, self.rows, self.cfg.data.batch_size) or []):
-            opt_state.update({f"carry/{j}/{k}": a for k, a in enumerate(s)})
+        streams = gather_rows(self.comm, self.carry, self.rows, self.cfg.data.batch_size)
+        carry = {f"{j}/{k}": a for j, s in enumerate(streams or []) for k, a in enumerate(s)}
+        params = {k: p.w for k, p in self.model.params.items()}
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
-                          params={k: p.w for k, p in self.model.params.items()}, opt_state=opt_state,
-                          step=self.step, rng_state=self.rng.bit_generator.state, history=self.history,
-                          meta={"best_val_loss": self.best})
+                          params=params, opt_state=dict(self.opt.state), step=self.step,
+                          rng_state=self.rng.bit_generator.state, history=self.history,
+                          meta={"best_val_loss": self.best}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
         ckpt = self.checkpoint()
@@ -144,8 +138,7 @@ class Trainer:
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
-        carried = self.corpus.mode == "stream" and self.corpus.order == "sequential"
-        self.carry = res.state if carried else None
+        self.carry = res.state if self.corpus.carries_state else None
         self.step += 1
         return nats / max(n_chars, 1), n_chars
 

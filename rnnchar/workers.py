@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -217,9 +217,11 @@ def data_parallel(trainer: Trainer, resume: bool, job: MPIComm | None) -> Iterat
     if job is not None:
         if job.rank == 0 and _failures(job, False):
             raise WorkerLost("another rank could not open the run (its message says why)")
+        shared = int(os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or 1)
         try:
-            trainer.attach(job)
-            yield
+            with one_blas_thread() if shared > 1 else nullcontext():  # ranks sharing this machine's cores
+                trainer.attach(job)
+                yield
         except TrainingDiverged:  # every rank sees the same reduced loss and ends by itself
             raise
         except BaseException as err:  # seen by this rank only: the others would wait forever

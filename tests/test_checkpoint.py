@@ -236,7 +236,7 @@ def rewrite(path: pathlib.Path, **changes) -> None:
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
 
 
-@pytest.mark.parametrize("version", [0, 2, 99])
+@pytest.mark.parametrize("version", [0, 3, 99])
 def test_wrong_format_version(tmp_path, version):
     path = tmp_path / "m.npz"
     save_checkpoint(path, make_ckpt())
@@ -291,3 +291,27 @@ def test_hostile_pickle_is_never_executed(tmp_path):
     with np.load(path, allow_pickle=True) as z:  # control: the payload is live, so the check can fail
         z["param/x"]
     assert marker.exists()
+
+
+# -- format versions ---------------------------------------------------------------------------
+
+def test_carried_state_round_trips_in_its_own_field(tmp_path):
+    ckpt = make_ckpt()
+    ckpt.carry = {"0/0": np.full((2, 8), 0.5, np.float32), "0/1": np.zeros((2, 8), np.float32)}
+    save_checkpoint(tmp_path / "m.npz", ckpt)
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert {"carry/0/0", "carry/0/1"} <= set(z.files) and int(z["format_version"]) == 2
+    back = load_checkpoint(tmp_path / "m.npz")
+    assert back.carry.keys() == ckpt.carry.keys() and np.all(back.carry["0/0"] == 0.5)
+    assert set(back.opt_state) == set(ckpt.opt_state)
+
+
+def test_version_1_file_with_carry_among_the_optimizer_slots_is_read(tmp_path):
+    ckpt = make_ckpt()
+    path = tmp_path / "v1.npz"
+    save_checkpoint(path, ckpt)  # then rewritten as version 1 laid it out, by hand
+    h = np.arange(16, dtype=np.float32).reshape(2, 8)
+    rewrite(path, format_version=np.array(1, dtype=np.int64), **{"opt/carry/0/0": h})
+    back = load_checkpoint(path)
+    assert set(back.opt_state) == set(ckpt.opt_state)  # "carry/0/0" is not an optimizer slot
+    assert list(back.carry) == ["0/0"] and np.array_equal(back.carry["0/0"], h)

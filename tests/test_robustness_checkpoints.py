@@ -45,7 +45,7 @@ BAD = {
     "missing": ("does not exist",), "truncated": ("truncated or corrupt",),
     "not-a-zip": ("not a zip archive",), "empty": ("an empty file",),
     "raw-pickle": ("not a zip archive",), "foreign-zip": ("not an rnnchar checkpoint", "config_json"),
-    "version": ("format version 2", "reads version 1"), "shape": ("layer0.Wx", "(128,)", "(4, 32)"),
+    "version": ("format version 3", "reads version 2"), "shape": ("layer0.Wx", "(128,)", "(4, 32)"),
     "dtype": ("param/layer0.Wx", "int32"), "nan": ("param/decoder.b", "NaN"),
     "pickled": ("layer0.Wx", "refusing", "pickled"),
 }
@@ -65,7 +65,7 @@ def bad(tmp_path_factory):
     (d / "empty.npz").write_bytes(b"")
     (d / "raw-pickle.npz").write_bytes(pickle.dumps(Payload(d / "MARKER-raw")))
     np.savez(d / "foreign-zip.npz", weights=np.ones(3))
-    _rewrite(good, d / "version.npz", format_version=np.array(2))
+    _rewrite(good, d / "version.npz", format_version=np.array(3))
     _rewrite(good, d / "shape.npz", **{"param/layer0.Wx": z["param/layer0.Wx"].reshape(-1)})
     _rewrite(good, d / "dtype.npz", **{"param/layer0.Wx": z["param/layer0.Wx"].astype(np.int32)})
     _rewrite(good, d / "nan.npz", **{"param/decoder.b": z["param/decoder.b"] * np.nan})
@@ -119,7 +119,7 @@ def test_resume_refuses_what_does_not_fit(bad):
         "step": (good, {"meta_json": _meta(z, step=-4)}, [], ["step counter is negative"]),
         "config": (good, {"config_json": np.array(json.dumps(bad_config))}, [],
                    ["stored config", "'transformer'"]),
-        "carry": (bad / "stream/last.npz", {"opt/carry/0/0": zs["opt/carry/0/0"][:, :3]}, STREAM,
+        "carry": (bad / "stream/last.npz", {"carry/0/0": zs["carry/0/0"][:, :3]}, STREAM,
                   ["carried stream state"]),
         "hidden": (good, {}, ["--set", "model.hidden_sizes=[6]"],
                    ["different model", "model.hidden_sizes: [8] in the checkpoint, [6] now"]),
