@@ -35,15 +35,26 @@ BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 # auto: each worker gets at least AUTO_MIN_ROWS rows and AUTO_MIN_WORK rows x characters x parameters
 # per step. Measured forward+backward of the small LSTM (200k parameters, T = 64) at batch 32/16/8/4/2/1:
 # 51/26/13/7.6/5.2/3.6 ms, i.e. ~3 ms of per-step work every worker repeats plus ~1.5 ms per row,
-# against ~0.5 ms for the reduction of its 0.97 MB of gradients: two rows per worker (2.6e7) still win
-# ~1.3x, a model of a few thousand parameters never does (its step is all per-step Python work).
+# against ~1.4 ms to pack, sum and unpack its 0.97 MB of gradients: two rows per worker (2.6e7) win
+# ~1.15x (7.6 vs 5.2 + 1.4 ms); a model of a few thousand parameters never does (its step is all
+# per-step Python work).
 AUTO_MIN_ROWS = 2
 AUTO_MIN_WORK = 2.5e7
 SENTENCE_T = 32  # the typical sentence length assumed for sentence mode
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Cores this process may use that other work is not already using (1-minute load average).
+
+    Workers advance in lockstep, so a step waits for the slowest: on a machine whose cores are
+    busy with other work a second worker made steps slower, not faster (measured: 0.7x at a
+    load of 8-11 on 2 cores), so `auto` counts only the cores left idle."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = max(0, round(os.getloadavg()[0]) - 1)  # this process's own start counts as one
+    except OSError:
+        busy = 0
+    return max(1, n - busy)
 
 
 def auto_workers(cfg: Config, n_params: int, n_cores: int) -> int:
@@ -233,6 +244,7 @@ def data_parallel(trainer: Trainer, resume: bool, job: MPIComm | None) -> Iterat
     if n == 1:
         yield
         return
-    log.info("training with %d worker processes (train.workers=%s)", n, trainer.cfg.train.workers)
+    log.info("training with %d worker processes (train.workers=%s; --workers 1 for one)", n,
+             trainer.cfg.train.workers)
     with local_workers(trainer, n, resume):
         yield

@@ -250,3 +250,11 @@ def test_mpi_ctrl_c_stops_both_ranks_and_rank_0_saves(corpus, tmp_path):
     assert p.returncode == 130, err
     stopped = load_checkpoint(run_dir / "last.npz").step
     assert err.count(f"interrupted at step {stopped}") == 1 and "Traceback" not in err, err
+
+
+def test_divergence_is_seen_by_every_worker_at_once(corpus, tmp_path):
+    sets = ["train.lr=1e30", "train.clip=0", "model.dtype=float32", "data.batch_size=4", "train.steps=50"]
+    r = cli("train", "--corpus", corpus, "--run-dir", tmp_path / "r", "--workers", "2", "--quiet",
+            *[a for s in sets for a in ("--set", s)], cwd=tmp_path, timeout=60)
+    assert_fails(r, 1, "non-finite", "train.lr", "no checkpoint was written")
+    assert "worker" not in r.stderr, r.stderr  # the workers stop together: none is reported lost
