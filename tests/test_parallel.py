@@ -258,3 +258,14 @@ def test_divergence_is_seen_by_every_worker_at_once(corpus, tmp_path):
             *[a for s in sets for a in ("--set", s)], cwd=tmp_path, timeout=60)
     assert_fails(r, 1, "non-finite", "train.lr", "no checkpoint was written")
     assert "worker" not in r.stderr, r.stderr  # the workers stop together: none is reported lost
+
+
+@needs_mpi
+def test_mpi_rank_0_refusing_to_start_ends_every_rank(corpus, tmp_path):
+    run_dir = tmp_path / "r"
+    run_in_process(cfg_of(corpus, steps=2), run_dir, 1)  # a checkpoint is there: no --resume, refused
+    flags = [a for s in SMALL for a in ("--set", s)]
+    r = _mpi(2, ["train", "--corpus", corpus, "--run-dir", run_dir, *flags], tmp_path, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "already holds a checkpoint" in r.stderr and "rank 0 could not start the run" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
