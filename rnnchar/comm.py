@@ -1,6 +1,7 @@
 """Data-parallel communication: one small interface, three backends.
 
     comm = SingleComm()               # one process: every collective is a no-op
+    buf = np.ones(4)                  # a 1-D contiguous float array
     comm.allreduce(buf)               # in place: buf becomes the sum of every worker's buf
     comm.broadcast(buf, root=0)       # in place: every worker gets root's buf
     comm.barrier()

@@ -1,9 +1,16 @@
 """What one data-parallel training step needs on top of a Comm: rows, one gradient reduction, state.
 
-    rows = share(B, comm.rank, comm.size)            # this worker's rows of the global batch
-    mine = take_rows(batch, rows)                    # (T, b) of the (T, B) batch
-    nats, n, stop = reduce_step(comm, params, buf, scale=b / B, scalars=(nats, n, stop))
-    carry = gather_rows(comm, carry, rows, B)        # every stream's state, in global order
+    from rnnchar.comm import SingleComm
+    from rnnchar.data import pad_batch
+    from rnnchar.graph import Mat
+    comm, B = SingleComm(), 5
+    rows = share(B, rank=1, size=2)                  # slice(2, 5): worker 1 of 2 takes rows 2..4
+    batch = pad_batch([np.array([0, 7, 8, 0])] * B)  # (T, B) = (3, 5)
+    mine = take_rows(batch, rows)                    # (3, 3): its columns
+    params = {"W": Mat.zeros(2, 2)}                  # gradients in params["W"].dw
+    grads = GradBuffer(params, n_scalars=2)
+    nats, n = reduce_step(comm, grads, 3 / B, (4.2, 9))  # the step's one reduction
+    carry = gather_rows(comm, [(np.zeros((3, 8)),)], rows, B)  # every stream's state, global order
 
 The model's loss averages over the rows it is given, so a worker's gradient is
 scaled by b / B before the sum: the reduced gradient is exactly the gradient of

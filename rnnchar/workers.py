@@ -1,8 +1,10 @@
 """Data-parallel training around one Trainer: local worker processes, or the ranks of an mpiexec job.
 
+    cfg = load_config(None, ["train.workers=2"])
+    trainer = open_trainer(cfg, Path("runs/x"), resume=False)
     job = join_mpi_job(cfg)                       # None unless this process runs under mpiexec -n N > 1
-    with data_parallel(trainer, resume, job):     # starts train.workers - 1 local workers if no job
-        train(trainer, should_stop)
+    with data_parallel(trainer, resume=False, job=job):  # starts train.workers - 1 local workers
+        train(trainer, quiet=True)
 
 Rank 0 is the writer: it holds the run lock, writes checkpoints, metrics and
 logs and shows progress. The others compute their rows of every batch and
