@@ -45,6 +45,15 @@ AUTO_MIN_WORK = 2.5e7
 SENTENCE_T = 32  # the typical sentence length assumed for sentence mode
 
 
+def _cgroup_cpu_quota() -> int | None:
+    """Whole cores a container's CPU quota allows (cgroup v2 cpu.max), or None without a quota."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return max(1, int(quota) // int(period)) if quota != "max" else None
+    except (OSError, ValueError):
+        return None
+
+
 def cores() -> int:
     """Cores this process may use that other work is not already using (1-minute load average).
 
@@ -52,6 +61,7 @@ def cores() -> int:
     busy with other work a second worker made steps slower, not faster (measured: 0.7x at a
     load of 8-11 on 2 cores), so `auto` counts only the cores left idle."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(n, _cgroup_cpu_quota() or n)
     try:
         busy = max(0, round(os.getloadavg()[0]) - 1)  # this process's own start counts as one
     except OSError:
