@@ -69,9 +69,11 @@ class LocalComm(SingleComm):
     allreduce: every worker copies its buffer into its slot; after a barrier each worker sums its
     1/N of the elements over the slots in rank order into `result`; after a second barrier every
     worker copies `result` back. Each element is summed once, in one fixed order, so all workers
-    get the same bits. The barrier goes through rank 0; a worker waiting in it checks every POLL_S
-    seconds that its peers live (rank 0 its child processes, the others their parent and the abort
-    flag), so a killed worker ends the run with WorkerLost instead of a hang.
+    get the same bits. broadcast: root copies into its slot, the others copy it out between two
+    barriers. No area is written before a barrier that follows its last read. The barrier goes
+    through rank 0; a worker waiting in it checks every POLL_S seconds that its peers live (rank 0
+    its child processes, the others their parent and the abort flag), so a killed worker ends the
+    run with WorkerLost instead of a hang.
     """
 
     def __init__(self, rank: int, size: int, shared, ups: list, downs: list, capacity: int, parent_pid: int):
@@ -146,11 +148,12 @@ class LocalComm(SingleComm):
         buf[...] = self._area(self._result, buf)
 
     def broadcast(self, buf: np.ndarray, root: int = 0) -> None:
+        # through root's slot, not `result`: a worker may still be copying the last allreduce's result
         if self.rank == root:
-            self._area(self._result, buf)[...] = buf
+            self._area(self._slots[root], buf)[...] = buf
         self.barrier()
         if self.rank != root:
-            buf[...] = self._area(self._result, buf)
+            buf[...] = self._area(self._slots[root], buf)
         self.barrier()
 
     def close(self, ok: bool = True, timeout: float = 30.0) -> None:

@@ -75,6 +75,39 @@ def test_share_covers_every_row_once_with_parts_one_row_apart():
             assert rows == list(range(n)) and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
+def _check_collectives(spec, rank: int) -> None:
+    """A spawned worker: exit 0 if every collective gives what it should, else 3."""
+    from rnnchar.comm import LocalComm
+
+    comm = LocalComm.join(spec, rank)
+    sys.exit(0 if _collectives(comm) else 3)
+
+
+def _collectives(comm) -> bool:
+    buf = np.arange(1001, dtype=np.float64) * (comm.rank + 1)  # 1001: chunks of unequal size
+    comm.allreduce(buf)
+    ok = np.array_equal(buf, np.arange(1001) * sum(range(1, comm.size + 1)))
+    small = np.full(3, float(comm.rank), dtype=np.float32)
+    comm.broadcast(small, root=comm.size - 1)
+    comm.barrier()
+    return ok and np.array_equal(small, np.full(3, comm.size - 1, dtype=np.float32))
+
+
+def test_local_comm_allreduce_broadcast_and_barrier_across_three_processes():
+    import multiprocessing
+
+    from rnnchar.comm import LocalComm
+
+    ctx = multiprocessing.get_context("spawn")
+    comm = LocalComm.create(ctx, 3, 1001 * 8)
+    for rank in (1, 2):
+        comm.procs.append(ctx.Process(target=_check_collectives, args=(comm.spec(), rank)))
+        comm.procs[-1].start()
+    assert _collectives(comm)
+    comm.close()
+    assert [p.exitcode for p in comm.procs] == [0, 0]
+
+
 @pytest.mark.parametrize("mode, workers, batch", [("sentences", 2, 4), ("stream", 2, 4), ("sentences", 2, 5),
                                                   ("stream", 3, 5)])
 def test_local_workers_train_like_one_process(corpus, tmp_path, mode, workers, batch):
