@@ -63,7 +63,7 @@ def _exit_reason(code: int | None) -> str:
 
 
 class LocalComm(SingleComm):
-    """Worker processes of one machine: a shared-memory block, one semaphore pair per worker.
+    """Worker processes of one machine: a shared-memory block, and a pipe from rank 0 to each worker.
 
     Layout of the block (`capacity` bytes per area): [flags: 8 bytes][slot 0]...[slot N-1][result].
     allreduce: every worker copies its buffer into its slot; after a barrier each worker sums its
@@ -71,42 +71,51 @@ class LocalComm(SingleComm):
     worker copies `result` back. Each element is summed once, in one fixed order, so all workers
     get the same bits. broadcast: root copies into its slot, the others copy it out between two
     barriers. No area is written before a barrier that follows its last read. The barrier goes
-    through rank 0; a worker waiting in it checks every POLL_S seconds that its peers live (rank 0
-    its child processes, the others their parent and the abort flag), so a killed worker ends the
-    run with WorkerLost instead of a hang.
+    through rank 0 (one byte each way per worker). A process that ends closes its pipe ends, so
+    its peer sees end-of-file at once; a waiting worker also checks every POLL_S seconds that its
+    peers live (rank 0 its child processes, the others their parent and the abort flag), so a
+    killed worker ends the run with WorkerLost instead of a hang.
     """
 
-    def __init__(self, rank: int, size: int, shared, ups: list, downs: list, capacity: int, parent_pid: int):
+    def __init__(self, rank: int, size: int, shared, links: list, capacity: int, parent_pid: int):
         self.rank, self.size, self.capacity, self.parent_pid = rank, size, capacity, parent_pid
-        self._shared, self._ups, self._downs = shared, ups, downs  # keep the RawArray alive
+        self._shared, self._links = shared, links  # rank 0: one pipe end per worker; a worker: its own
         mem = np.frombuffer(shared, dtype=np.uint8)
         self._flags = mem[:8].view(np.int64)  # [abort]
         self._slots = [mem[8 + k * capacity: 8 + (k + 1) * capacity] for k in range(size)]
         self._result = mem[8 + size * capacity: 8 + (size + 1) * capacity]
         self.procs: list = []  # rank 0: the worker processes, to watch
+        self._worker_ends: list = []
 
     @classmethod
     def create(cls, ctx, size: int, capacity: int) -> LocalComm:
-        """Rank 0's end; `spec()` is what each started worker needs to join."""
+        """Rank 0's end; `spec(rank)` is what worker `rank` needs to join, `started(rank)` follows."""
         capacity = -(-capacity // 64) * 64  # whole cache lines per area
         shared = ctx.RawArray("b", 8 + (size + 1) * capacity)
-        ups = [ctx.Semaphore(0) for _ in range(size - 1)]
-        downs = [ctx.Semaphore(0) for _ in range(size - 1)]
-        return cls(0, size, shared, ups, downs, capacity, os.getpid())
+        pipes = [ctx.Pipe() for _ in range(size - 1)]
+        comm = cls(0, size, shared, [a for a, _ in pipes], capacity, os.getpid())
+        comm._worker_ends = [b for _, b in pipes]
+        return comm
 
-    def spec(self) -> tuple:
-        return (self.size, self._shared, self._ups, self._downs, self.capacity, self.parent_pid)
+    def spec(self, rank: int) -> tuple:
+        return (self.size, self._shared, self._worker_ends[rank - 1], self.capacity, self.parent_pid)
+
+    def started(self, rank: int) -> None:
+        """Worker `rank` holds its pipe end now: close ours, so its end closing reads as end-of-file."""
+        self._worker_ends[rank - 1].close()
 
     @classmethod
     def join(cls, spec: tuple, rank: int) -> LocalComm:
-        size, shared, ups, downs, capacity, parent_pid = spec
-        return cls(rank, size, shared, ups, downs, capacity, parent_pid)
+        size, shared, link, capacity, parent_pid = spec
+        return cls(rank, size, shared, [link], capacity, parent_pid)
 
     # -- liveness ----------------------------------------------------------------------
 
-    def _check_peers(self) -> None:
+    def _check_peers(self, grace: float = 0.0) -> None:
         if self.rank == 0:
             for k, p in enumerate(self.procs, start=1):
+                if grace:
+                    p.join(grace)  # a broken pipe comes a moment before the exit status
                 if p.exitcode is not None:
                     raise WorkerLost(f"worker {k} of {self.size} (pid {p.pid}) {_exit_reason(p.exitcode)}")
         elif self._flags[0]:
@@ -114,19 +123,39 @@ class LocalComm(SingleComm):
         elif os.getppid() != self.parent_pid:
             raise WorkerLost(f"the main process (pid {self.parent_pid}) ended")
 
-    def _wait(self, sem) -> None:
-        while not sem.acquire(timeout=POLL_S):
-            self._check_peers()
+    def _lost(self, k: int) -> WorkerLost:
+        """The pipe to peer k broke: name the peer and how it ended."""
+        try:
+            self._check_peers(grace=1.0)
+        except WorkerLost as lost:
+            return lost
+        who = f"worker {k} of {self.size}" if self.rank == 0 else f"the main process (pid {self.parent_pid})"
+        return WorkerLost(f"{who} closed its connection")
+
+    def _recv(self, k: int) -> None:
+        link = self._links[k - 1 if self.rank == 0 else 0]
+        try:
+            while not link.poll(POLL_S):
+                self._check_peers()
+            link.recv_bytes()
+        except (EOFError, OSError):
+            raise self._lost(k) from None
+
+    def _send(self, k: int) -> None:
+        try:
+            self._links[k - 1 if self.rank == 0 else 0].send_bytes(b"\1")
+        except OSError:  # BrokenPipeError: the peer ended
+            raise self._lost(k) from None
 
     def barrier(self) -> None:
         if self.rank == 0:
-            for up in self._ups:
-                self._wait(up)
-            for down in self._downs:
-                down.release()
+            for k in range(1, self.size):
+                self._recv(k)
+            for k in range(1, self.size):
+                self._send(k)
         else:
-            self._ups[self.rank - 1].release()
-            self._wait(self._downs[self.rank - 1])
+            self._send(0)
+            self._recv(0)
 
     # -- collectives ---------------------------------------------------------------------
 
@@ -162,6 +191,8 @@ class LocalComm(SingleComm):
             return
         if not ok:
             self._flags[0] = 1
+            for link in self._links:
+                link.close()  # a waiting worker reads end-of-file at once
         for p in self.procs:
             p.join(timeout if ok else 2 * POLL_S + 1)
         for p in self.procs:
@@ -171,6 +202,8 @@ class LocalComm(SingleComm):
             if p.exitcode is None:
                 p.kill()
                 p.join()
+        for link in self._links:
+            link.close()
 
 
 MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")  # set by MPICH (hydra) and Open MPI for each rank

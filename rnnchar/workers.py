@@ -22,11 +22,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .comm import LocalComm, MPIComm, WorkerLost, mpi_job_size
 from .config import Config, ConfigError, config_from_dict, config_to_dict
@@ -138,6 +140,9 @@ def _worker_main(cfg_dict: dict, run_dir: str, resume: bool, rank: int, spec: tu
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
     logging.getLogger("rnnchar").setLevel(logging.CRITICAL)
+    # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker the
+    # workers share with rank 0: a killed worker would leave a "leaked semaphore" warning behind
+    tqdm.set_lock(threading.RLock())
     comm = LocalComm.join(spec, rank)
     try:
         trainer = open_trainer(config_from_dict(cfg_dict), Path(run_dir), resume, writer=False)
@@ -168,9 +173,10 @@ def local_workers(trainer: Trainer, n: int, resume: bool) -> Iterator[LocalComm]
             for rank in range(1, n):
                 p = ctx.Process(target=_worker_main, name=f"rnnchar-worker-{rank}", daemon=True,
                                 args=(config_to_dict(trainer.cfg), str(trainer.run_dir), resume, rank,
-                                      comm.spec()))
+                                      comm.spec(rank)))
                 p.start()
                 comm.procs.append(p)
+                comm.started(rank)
             trainer.attach(comm)
             yield comm
             ok = True

@@ -32,7 +32,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
     "cli": (f"__init__ workers train sample evaluate comm {STORE} {CORE}", "click numpy tqdm"),
     "bench": (f"__init__ train sample evaluate {STORE} {CORE}", "numpy"),
-    "workers": ("train comm config", "numpy"),  # local worker processes, joining an MPI job
+    "workers": ("train comm config", "numpy tqdm"),  # local worker processes, joining an MPI job
     "train": (f"sample evaluate comm datapar {STORE} {CORE}", "numpy tqdm"),
     "comm": ("", "numpy mpi4py"),  # mpi4py imported inside MPIComm only, under mpiexec
     "datapar": ("data", "numpy"),
