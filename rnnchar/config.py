@@ -1,13 +1,14 @@
 """YAML -> typed, validated config: defaults <- YAML file <- ``section.key=value`` overrides.
 
 Defaults, validation rules and help text live in one place, the dataclasses below.
-PyYAML is used through ``safe_load`` only, so a config can never run code::
+PyYAML is used through its SafeLoader only (safeyaml.py), so a config can never run code::
 
     cfg = load_config("lstm.yaml", ["train.steps=5000", "model.hidden_sizes=[64, 48]"])
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import math
@@ -24,6 +25,7 @@ import yaml
 from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
 from .optim import OPTIMIZERS
+from .safeyaml import YamlRefused, clipped, load_yaml, shown
 
 
 class ConfigError(ValueError):
@@ -107,7 +109,7 @@ class _Section:
             try:
                 setattr(self, f.name, f.metadata["check"](value))
             except _Bad as bad:
-                raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {value!r}") from None
+                raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {shown(value)}") from None
 
 
 @dataclass
@@ -158,6 +160,8 @@ class TrainConfig(_Section):
     lr_decay: float = _key(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
                            "step schedule: lr factor")
     lr_decay_every: int = _key(1000, POS_INT, "step schedule: steps between decays")
+    lr_decay_steps: int = _key(0, NONNEG_INT, "cosine schedule: steps from lr down to 0.1 lr, then flat; "
+                               "0 = train.steps at the run's start (kept on resume)")
     warmup_steps: int = _key(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
     eval_every: int = _key(250, OFF_INT, "validate every N steps, 0 = off")
     sample_every: int = _key(500, OFF_INT, "show samples every N steps, 0 = off")
@@ -195,6 +199,8 @@ ALL_KEYS: list[str] = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in f
 
 def _suggest(name: str) -> str:
     """' (did you mean 'x.y'?)' for the closest valid key or section, else ''."""
+    if len(name) > 100:  # no key is that long; and difflib's cost grows with the length
+        return ""
     bare = name.rsplit(".", 1)[-1]
     same_key = [k for k in ALL_KEYS if k.endswith("." + bare)]
     match = same_key or difflib.get_close_matches(name, ALL_KEYS + list(SECTIONS), n=1)
@@ -204,9 +210,9 @@ def _suggest(name: str) -> str:
 def _check_known(section: Any, key: Any = None) -> None:
     if section not in SECTIONS:
         hint = _suggest(str(section)) or f" (sections: {', '.join(SECTIONS)})"
-        raise ConfigError(f"unknown section '{section}'{hint}")
+        raise ConfigError(f"unknown section '{clipped(str(section))}'{hint}")
     if key is not None and f"{section}.{key}" not in ALL_KEYS:
-        raise ConfigError(f"unknown key '{section}.{key}'{_suggest(f'{section}.{key}')}")
+        raise ConfigError(f"unknown key '{clipped(f'{section}.{key}')}'{_suggest(f'{section}.{key}')}")
 
 
 def _build(raw: Any, where: str = "config") -> Config:
@@ -218,7 +224,8 @@ def _build(raw: Any, where: str = "config") -> Config:
         try:
             _check_known(section)
             if values is not None and not isinstance(values, dict):
-                raise ConfigError(f"section '{section}' must be a mapping of keys, got {values!r}")
+                raise ConfigError(f"section '{clipped(str(section))}' must be a mapping of keys, got "
+                                  f"{shown(values)}")
             for key in values or {}:
                 _check_known(section, key)
         except ConfigError as err:
@@ -265,16 +272,20 @@ def resolve_config_path(name: str) -> Path:
                       f"(bundled configs: {', '.join(names) or 'none'}){hint}")
 
 
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return load_yaml(text, where)
+    except YamlRefused as err:
+        raise ConfigError(str(err)) from None
+
+
 def _read_yaml(path: Path) -> Any:
     """Safely parse a config file into {section: {key: value}}; corpus made absolute."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.constructor.ConstructorError as err:
-        raise ConfigError(f"{path}: unsupported YAML tag (plain YAML only): {err.problem}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
+    raw = _yaml(text, str(path))
     raw = {} if raw is None else raw
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("corpus"), str) and data["corpus"] not in ("", "-"):
@@ -294,26 +305,24 @@ def _apply_override(raw: dict, item: str) -> None:
     dotted, eq, text = item.partition("=")
     section, dot, key = dotted.strip().partition(".")
     if not eq or not dot or not key or "." in key:
-        raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.steps=5000)"
+        raise ConfigError(f"override '{clipped(item)}': expected section.key=value (e.g. train.steps=5000)"
                           f"{_suggest(dotted.strip()) if dotted.strip() else ''}")
     _check_known(section, key)
     if (section, key) == ("data", "corpus"):  # a path, kept as text, relative to the cwd
         value = _corpus_from_text(text.strip())
     else:
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from None
+        value = _yaml(text, f"override '{clipped(item)}': value")
     if raw.get(section) is None:
         raw[section] = {}
     if isinstance(raw[section], dict):  # else _build reports the broken section
         raw[section][key] = value
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (a path or a bundled name) <- overrides, all validated."""
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- YAML file (a path or a bundled name; else `base`, e.g. a checkpoint's) <- overrides."""
     file = resolve_config_path(str(path)) if path is not None else None
-    raw = _read_yaml(file) if file is not None else {}
+    raw = _read_yaml(file) if file is not None else copy.deepcopy(base) if base is not None else {}
     for item in overrides if isinstance(raw, dict) else ():
         _apply_override(raw, item)
     return _build(raw, str(file) if file is not None else "config")
@@ -345,7 +354,7 @@ def lr_at(train: TrainConfig, step: int) -> float:
     """Learning rate for update number ``step`` (0-based): schedule x linear warmup.
 
     constant: lr; step: lr * lr_decay ** (step // lr_decay_every);
-    cosine: from lr down to 0.1 * lr at step == train.steps (then flat).
+    cosine: from lr down to 0.1 * lr at step == lr_decay_steps (or train.steps if 0), then flat.
     Warmup multiplies by (step + 1) / warmup_steps for the first warmup_steps updates.
     """
     if step < 0:
@@ -353,8 +362,9 @@ def lr_at(train: TrainConfig, step: int) -> float:
     lr = train.lr
     if train.lr_schedule == "step":
         lr *= train.lr_decay ** (step // train.lr_decay_every)
-    elif train.lr_schedule == "cosine" and train.steps > 0:
-        progress = min(step, train.steps) / train.steps
+    elif train.lr_schedule == "cosine" and (train.lr_decay_steps or train.steps) > 0:
+        horizon = train.lr_decay_steps or train.steps
+        progress = min(step, horizon) / horizon
         lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
     if step < train.warmup_steps:
         lr *= (step + 1) / train.warmup_steps

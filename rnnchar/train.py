@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,15 @@ from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
 from .evaluate import batch_nats
+from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
+from .runs import checkpoint_shapes
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
+LN2 = math.log(2)
+PROGRESS_EVERY_S = 30.0  # plain progress lines when stderr is not a terminal (no progress bar)
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,7 +103,7 @@ class Trainer:
         try:
             self.rng.bit_generator.state = ckpt.rng_state
             self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, OverflowError) as err:  # OverflowError: a state of 2**200
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
 
@@ -139,7 +144,9 @@ class Trainer:
             # the loss we differentiate (summed over steps) divided by the characters per row
             clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
-        if not all(np.isfinite(p.w).all() for p in model.params.values()):
+        # one pass over the flat parameters: NaN or inf anywhere makes the sum of squares non-finite,
+        # and so does any |w| > 1e19 in float32, which is divergence by then too
+        if not math.isfinite(float(np.vdot(model.params.w, model.params.w))):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
         self.carry = res.state if self.corpus.carries_state else None
         self.step += 1
@@ -174,7 +181,8 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
                                 should_stop) -> dict:
     """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
     val_loss, _ = trainer.validate(should_stop)
-    rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
+    rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
+           "train_loss_nats": round(train_loss, 6),
            "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
            "val_perplexity": round(math.exp(val_loss), 6) if math.isfinite(val_loss) else None,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
@@ -183,18 +191,55 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
     if trainer.comm.is_writer:
         with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
-        log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
-                 rec["val_bpc"], cps)
+        val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
+        log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step,
+                 train_loss / LN2, val, f"{cps:,.0f}")
     if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
         trainer.best_val_nats = val_loss
         trainer.save("best.npz")
     return rec
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
+                              "(if any) is untouched") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _rewrite_metrics(trainer: Trainer) -> None:
     """metrics.jsonl as of the checkpoint: drop evaluations made after it (a crash, Ctrl-C)."""
-    with open(trainer.run_dir / "metrics.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in trainer.history)
+    _write_atomic(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
+
+
+def _check_run_files(run_dir: Path) -> None:
+    """Before anything is written: every file a run writes must be a file (or absent)."""
+    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise CheckpointError(f"{path} is {what}: move it out of the way or choose another --run-dir; "
+                                  "nothing in the run directory was changed")
+
+
+def _nothing_to_resume(run_dir: Path) -> CheckpointError:
+    """The error for --resume without last.npz, saying what the directory does hold."""
+    path = run_dir / "last.npz"
+    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
+    if "best.npz" in found:
+        return CheckpointError(
+            f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
+            "stopped before its first last.npz). To continue from the best checkpoint, copy "
+            f"{run_dir}/best.npz to {path} and pass --resume again; to start afresh, pass --overwrite")
+    held = f" ({run_dir} holds only {found[0]})" if found else ""
+    return CheckpointError(f"nothing to resume: {path} does not exist{held}; pass --overwrite (or drop "
+                           "--resume) to start afresh")
 
 
 def _resume_diffs(old: Config, cfg: Config) -> list[str]:
@@ -207,17 +252,40 @@ def _resume_diffs(old: Config, cfg: Config) -> list[str]:
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
 
 
+def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
+    """Pin train.lr_decay_steps: a new run's is its train.steps; a resumed run keeps the checkpoint's
+    unless the user sets it, so more steps never make a cosine learning rate jump back up unasked."""
+    t = cfg.train
+    if old is None:
+        t.lr_decay_steps = t.lr_decay_steps or t.steps
+        return
+    kept = old.train.lr_decay_steps or old.train.steps  # older checkpoints: the horizon was train.steps
+    if t.lr_decay_steps == 0:
+        t.lr_decay_steps = kept
+        if t.lr_schedule == "cosine" and t.steps > kept:
+            log.info("the cosine schedule keeps its horizon of %d steps (train.lr_decay_steps): steps after "
+                     "%d run at its floor, lr %.3g; set train.lr_decay_steps to stretch it", kept, kept,
+                     0.1 * t.lr)
+    elif t.lr_decay_steps != kept and t.lr_schedule == "cosine":
+        before = lr_at(replace(t, lr_decay_steps=kept), step)
+        log.warning("train.lr_decay_steps=%d replaces the checkpoint's %d: the cosine learning rate moves "
+                    "from %.3g to %.3g at step %d", t.lr_decay_steps, kept, before, lr_at(t, step), step + 1)
+
+
 def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
-                 writer: bool = True) -> Trainer:
-    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's.
-    Only the writer (not a data-parallel worker) writes config.yaml and metrics.jsonl."""
+                 more: int | None = None, init_from: Path | None = None, writer: bool = True) -> Trainer:
+    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's;
+    `more` sets train.steps to the checkpoint's step plus `more`; `init_from` starts a new run from
+    another checkpoint's weights (finetune.py). Only the writer (not a data-parallel worker) writes
+    config.yaml and metrics.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = vocab = None
+    _check_run_files(run_dir)
+    ckpt = vocab = old = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (drop --resume to start afresh)")
-        ckpt = load_checkpoint(path)
+            raise _nothing_to_resume(run_dir)
+        ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before anything is built
         try:
             old = config_from_dict(ckpt.config)
             vocab = Vocab.from_array(ckpt.vocab)
@@ -227,26 +295,56 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
         if diffs:
             raise CheckpointError("cannot resume with a different model or optimizer: " + "; ".join(diffs)
                                   + " (use --overwrite or another --run-dir to start afresh)")
-    corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
+        if more is not None:
+            cfg.train.steps = ckpt.step + more
+        if ckpt.step >= cfg.train.steps:
+            log.warning("nothing to train: %s is at step %d and train.steps is %d; pass --more N (or --set "
+                        "train.steps=M) to train further", path, ckpt.step, cfg.train.steps)
+    _fix_schedule_horizon(cfg, old, ckpt.step if ckpt else 0)
+    cache_dir = run_dir / "cache" if cache else None
+    start = FineTune.open(cfg, init_from, cache_dir) if init_from is not None else None
+    corpus = start.corpus if start else load_corpus(cfg, vocab=vocab, cache_dir=cache_dir)
     try:
         trainer = Trainer(cfg, run_dir, corpus, ckpt)
+        if start:
+            start.load_into(trainer.model)
     except ValueError as err:  # ShapeError, a bad slot, RNG state or step: the file does not fit
         if ckpt is None:
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
     if writer:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")  # only once accepted
+        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
         _rewrite_metrics(trainer)
     return trainer
+
+
+class _PlainProgress:
+    """A log line every PROGRESS_EVERY_S seconds (step, loss, speed, ETA) for a log file, nohup, make."""
+
+    def __init__(self, on: bool, start: int, total: int):
+        self.on, self.start, self.total = on, start, total
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, step: int, loss_nats: float, cps: float) -> None:
+        now = time.monotonic()
+        if not self.on or now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
+        h, rest = divmod(int(eta), 3600)
+        log.info("step %d/%d  train %.4f bits/char  %s chars/s  ETA %d:%02d:%02d", step, self.total,
+                 loss_nats / LN2, f"{cps:,.0f}", h, rest // 60, rest % 60)
 
 
 def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
     """Train to `train.steps`. Stops early and saves last.npz when `should_stop()` turns true."""
     cfg, t = trainer.cfg.train, trainer
     start, losses, chars, busy = t.step, [], 0, 0.0
-    t0 = time.perf_counter()
+    before = (t.history[-1].get("elapsed_s") or 0.0) if t.history else 0.0  # a resumed run's clock goes on
+    t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
+    plain = _PlainProgress(bool(bar.disable) and not quiet, start, cfg.steps)
     try:
         while t.step < cfg.steps and not t.stopping(should_stop):
             tic = time.perf_counter()
@@ -255,12 +353,14 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             losses.append(loss)
             chars += n
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
+            bar.set_postfix(bpc=f"{loss / LN2:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
+            plain.tick(t.step, float(np.mean(losses)), chars / busy)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
                 rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
                                                   time.perf_counter() - t0, should_stop)
-                bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
+                bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
+                                chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
             if cfg.sample_every and t.step % cfg.sample_every == 0 and t.comm.is_writer:
                 t.log_samples()

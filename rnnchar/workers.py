@@ -135,7 +135,8 @@ def one_blas_thread() -> Iterator[None]:
 
 # -- local workers -------------------------------------------------------------------------
 
-def _worker_main(cfg_dict: dict, run_dir: str, resume: bool, rank: int, spec: tuple) -> None:
+def _worker_main(cfg_dict: dict, run_dir: str, resume: bool, init_from: str | None, rank: int,
+                 spec: tuple) -> None:
     """A local worker: open the run as rank 0 did, take part in every step, write nothing."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
@@ -145,7 +146,8 @@ def _worker_main(cfg_dict: dict, run_dir: str, resume: bool, rank: int, spec: tu
     tqdm.set_lock(threading.RLock())
     comm = LocalComm.join(spec, rank)
     try:
-        trainer = open_trainer(config_from_dict(cfg_dict), Path(run_dir), resume, writer=False)
+        trainer = open_trainer(config_from_dict(cfg_dict), Path(run_dir), resume, writer=False,
+                               init_from=Path(init_from) if init_from else None)
         trainer.attach(comm)
         with np.errstate(all="ignore"):
             train(trainer, quiet=True)
@@ -163,8 +165,9 @@ def _capacity(trainer: Trainer) -> int:
 
 
 @contextmanager
-def local_workers(trainer: Trainer, n: int, resume: bool) -> Iterator[LocalComm]:
-    """Start n - 1 worker processes; this process becomes rank 0 of n."""
+def local_workers(trainer: Trainer, n: int, resume: bool, init_from: Path | None = None
+                  ) -> Iterator[LocalComm]:
+    """Start n - 1 worker processes that open the run as this one did; this one becomes rank 0 of n."""
     ctx = multiprocessing.get_context("spawn")
     comm = LocalComm.create(ctx, n, _capacity(trainer))
     ok = False
@@ -172,8 +175,8 @@ def local_workers(trainer: Trainer, n: int, resume: bool) -> Iterator[LocalComm]
         try:
             for rank in range(1, n):
                 p = ctx.Process(target=_worker_main, name=f"rnnchar-worker-{rank}", daemon=True,
-                                args=(config_to_dict(trainer.cfg), str(trainer.run_dir), resume, rank,
-                                      comm.spec(rank)))
+                                args=(config_to_dict(trainer.cfg), str(trainer.run_dir), resume,
+                                      init_from and str(init_from), rank, comm.spec(rank)))
                 p.start()
                 comm.procs.append(p)
                 comm.started(rank)
@@ -224,14 +227,14 @@ def _failures(job: MPIComm, failed: bool) -> int:
     return int(flag[0])
 
 
-def open_as_worker(job: MPIComm, cfg: Config, run_dir: Path, resume: bool) -> Trainer:
+def open_as_worker(job: MPIComm, cfg: Config, run_dir: Path, resume: bool, **how) -> Trainer:
     """A rank > 0: wait for rank 0 to open the run, then open it the same way without writing."""
     flag = np.zeros(1)
     job.broadcast(flag)
     if flag[0]:
         raise WorkerLost(f"rank {job.rank}: rank 0 could not start the run (its message says why)")
     try:
-        trainer = open_trainer(cfg, run_dir, resume, writer=False)
+        trainer = open_trainer(cfg, run_dir, resume, writer=False, **how)  # more, init_from
     except BaseException:
         _failures(job, True)
         raise
@@ -241,8 +244,10 @@ def open_as_worker(job: MPIComm, cfg: Config, run_dir: Path, resume: bool) -> Tr
 
 
 @contextmanager
-def data_parallel(trainer: Trainer, resume: bool, job: MPIComm | None) -> Iterator[None]:
-    """Train as part of the mpiexec job, with train.workers local processes, or alone."""
+def data_parallel(trainer: Trainer, job: MPIComm | None, resume: bool = False,
+                  init_from: Path | None = None) -> Iterator[None]:
+    """Train as part of the mpiexec job, with train.workers local processes, or alone. `resume` and
+    `init_from` say how the run was opened, for local workers to open it the same way."""
     if job is not None:
         if job.rank == 0 and _failures(job, False):
             raise WorkerLost("another rank could not open the run (its message says why)")
@@ -264,5 +269,5 @@ def data_parallel(trainer: Trainer, resume: bool, job: MPIComm | None) -> Iterat
         return
     log.info("training with %d worker processes (train.workers=%s; --workers 1 for one)", n,
              trainer.cfg.train.workers)
-    with local_workers(trainer, n, resume):
+    with local_workers(trainer, n, resume, init_from):
         yield
