@@ -60,8 +60,8 @@ def cores() -> int:
     """Cores this process may use that other work is not already using (1-minute load average).
 
     Workers advance in lockstep, so a step waits for the slowest: on a machine whose cores are
-    busy with other work a second worker made steps slower, not faster (measured: 0.7x at a
-    load of 8-11 on 2 cores), so `auto` counts only the cores left idle."""
+    busy with other work a second worker made steps slower, not faster (measured: 0.67-0.77x
+    at a load of 6-11 on 2 cores), so `auto` counts only the cores left idle."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = min(n, _cgroup_cpu_quota() or n)
     try:
