@@ -128,6 +128,8 @@ class Layer:
 class Stack:
     """Plain layers, one after another: layer l's outputs over all steps feed layer l+1."""
 
+    takes_dropout_masks = True  # forward() drops out between layers
+
     def __init__(self, kind, D, hidden_sizes, rng, dtype=np.float32, **opts):
         self.layers, self.params = [], {}
         for j, H in enumerate(hidden_sizes):
@@ -139,11 +141,16 @@ class Stack:
     def zero_state(self, B: int, dtype=np.float32) -> list:
         return [layer.zero_state(B, dtype) for layer in self.layers]
 
-    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
-        """x (T*B, D) time-major -> the top layer's h of every step (T*B, H), and the final state."""
+    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list, masks=()) -> tuple[Mat, list]:
+        """x (T*B, D) time-major -> the top layer's h of every step (T*B, H), and the final state.
+
+        `masks` (training only): inverted-dropout masks (T*B, H_l) for the outputs of the layers below
+        the top, applied where layer l's output feeds layer l+1."""
         new_state = []
-        for layer, s in zip(self.layers, state):
+        for j, (layer, s) in enumerate(zip(self.layers, state)):
             x, s = layer.run(g, x, s)
+            if j < len(masks):
+                x = g.dropout(x, masks[j])  # (T*B, H_l)
             new_state.append(s)
         return x, new_state
 

@@ -84,6 +84,7 @@ OFF_INT = _int(0, "a non-negative integer (0 = off)")
 POS_FLOAT = _float(lambda x: x > 0, "a positive number")
 NONNEG_FLOAT = _float(lambda x: x >= 0, "a non-negative number")
 ANY_FLOAT = _float(lambda x: True, "a number")
+PROBABILITY = _float(lambda x: 0 <= x < 1, "a number in [0, 1)")
 SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
               "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
 WORKERS = _rule(lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or a positive integer")
@@ -129,6 +130,8 @@ class ModelConfig(_Section):
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
     candidate_gain: float = _key(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple "
                                  "of the gates' scale")
+    dropout: float = _key(0.0, PROBABILITY, "training only: drop this fraction of each layer's outputs "
+                          "(between layers and before the decoder); 0 = off")
 
 
 @dataclass

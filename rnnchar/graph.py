@@ -130,6 +130,14 @@ class Graph(FusedOps, SequenceOps):
             accumulate(a, d * a.w.dtype.type(k), donate=True)
         return self._record(out, back)
 
+    def dropout(self, a: Mat, mask: np.ndarray) -> Mat:
+        """a * mask for a constant mask (inverted dropout: kept units 1 / (1 - p), dropped 0)."""
+        out = Mat(a.w * mask)
+
+        def back(d):  # the forward's mask, no new draw
+            accumulate(a, d * mask, donate=True)
+        return self._record(out, back)
+
     def one_minus(self, a: Mat) -> Mat:
         """1 - a (the GRU's update-gate complement)."""
         out = Mat(1 - a.w)

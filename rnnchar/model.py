@@ -49,9 +49,9 @@ class CharModel:
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
                  activation: str = "tanh", gate: str = "scalar", forget_bias: float = 0.0,
                  dtype: str = "float32", init_scale: float = 0.0, candidate_gain: float = 2.0,
-                 rng: np.random.Generator | None = None):
+                 dropout: float = 0.0, rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.V, self.dtype = vocab_size, np.dtype(dtype)
+        self.V, self.dtype, self.dropout = vocab_size, np.dtype(dtype), float(dropout)
         self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
                                 init_scale=init_scale, forget_bias=forget_bias, activation=activation,
                                 candidate_gain=candidate_gain)
@@ -63,6 +63,10 @@ class CharModel:
         self.params["decoder.W"] = init_weight(H, vocab_size, H, init_scale, rng, self.dtype)
         self.params["decoder.b"] = Mat.zeros(1, vocab_size, self.dtype)
         self.params = FlatParams(self.params)  # every w and dw a view into one flat buffer each
+        # dropout sites: every plain layer's output (the top one's before the decoder); gated feedback
+        # mixes all layers inside one step, so there only the top layer's output before the decoder
+        between = getattr(self.stack, "takes_dropout_masks", False)
+        self.dropout_widths = list(hidden_sizes) if between else [H]
 
     @property
     def flat_grad(self) -> np.ndarray:
@@ -72,20 +76,44 @@ class CharModel:
     def zero_state(self, B: int) -> list:
         return self.stack.zero_state(B, self.dtype)
 
-    def _logits(self, g: Graph, ids: np.ndarray, state: list) -> tuple[Mat, list]:
+    def dropout_masks(self, rng: np.random.Generator, T: int, B: int, rows=slice(None),
+                      steps: int | None = None) -> list | None:
+        """Inverted-dropout masks, one (steps*b, H) per site, for rows `rows` and the first `steps`
+        steps of a (T, B) batch.
+
+        Drawn for all T x B positions and then cut, so data-parallel workers use one process's masks.
+        Kept units are scaled by 1 / (1 - p) so that evaluation uses the model unchanged. None when off.
+        """
+        if self.dropout == 0:
+            return None
+        scale = self.dtype.type(1 / (1 - self.dropout))
+        keeps = [(rng.random((T, B, H)) >= self.dropout)[:steps, rows] for H in self.dropout_widths]
+        return [(keep.astype(self.dtype) * scale).reshape(-1, keep.shape[2]) for keep in keeps]  # (T*b, H)
+
+    def _logits(self, g: Graph, ids: np.ndarray, state: list, masks=None) -> tuple[Mat, list]:
         T, B = ids.shape
         x = g.embed(self.params["embed.W"], ids.reshape(-1))  # (T*B, E)
-        top, state = self.stack.forward(g, x, T, B, state)  # (T*B, H): one decoder product
+        if masks:  # training with dropout: between layers (plain stacks), then before the decoder
+            top, state = (self.stack.forward(g, x, T, B, state, masks[:-1]) if len(masks) > 1
+                          else self.stack.forward(g, x, T, B, state))
+            top = g.dropout(top, masks[-1])
+        else:
+            top, state = self.stack.forward(g, x, T, B, state)  # (T*B, H): one decoder product
         logits = g.add(g.matmul(top, self.params["decoder.W"]), self.params["decoder.b"])  # (T*B, V)
         return logits, [tuple(m.w for m in s) for s in state]
 
-    def loss(self, inputs, targets, mask=None, state=None, needs_backprop: bool = True) -> LossResult:
-        """Loss of a batch of (T, B) sequences; `state` None starts from zeros."""
+    def loss(self, inputs, targets, mask=None, state=None, needs_backprop: bool = True,
+             dropout_masks: list | None = None) -> LossResult:
+        """Loss of a batch of (T, B) sequences; `state` None starts from zeros.
+
+        Dropout applies only when the caller passes `dropout_masks` (from `dropout_masks()`): training
+        does, validation and evaluation do not."""
         inputs, targets = np.asarray(inputs), np.asarray(targets)
         T, B = inputs.shape
         mask = np.ones((T, B), self.dtype) if mask is None else np.asarray(mask, self.dtype)
         g = Graph(needs_backprop)
-        logits, state = self._logits(g, inputs, state if state is not None else self.zero_state(B))
+        state = state if state is not None else self.zero_state(B)
+        logits, state = self._logits(g, inputs, state, dropout_masks)
         loss = g.softmax_cross_entropy(logits, targets.reshape(-1), mask.reshape(-1), denom=B)
         return LossResult(loss, loss * B, int(mask.sum()), state, g)
 

@@ -64,6 +64,8 @@ class Trainer:
         self.model = build_model(cfg, len(corpus.vocab))
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
+        # dropout masks: a stream of its own, so turning dropout on does not change the batch order
+        self.dropout_rng = np.random.default_rng([cfg.train.seed, 0xD80])
         self.step, self.history = 0, []
         self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows (this worker's rows)
@@ -102,6 +104,8 @@ class Trainer:
             raise ValueError(f"the step counter is negative ({ckpt.step})")
         try:
             self.rng.bit_generator.state = ckpt.rng_state
+            if "dropout_rng_state" in ckpt.meta:  # absent from checkpoints written before dropout
+                self.dropout_rng.bit_generator.state = ckpt.meta["dropout_rng_state"]
             self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
         except (TypeError, ValueError, KeyError, OverflowError) as err:  # OverflowError: a state of 2**200
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
@@ -115,7 +119,8 @@ class Trainer:
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
                           params=params, opt_state=dict(self.opt.state), step=self.step,
                           rng_state=self.rng.bit_generator.state, history=self.history,
-                          meta={"best_val_loss": self.best_val_nats}, carry=carry)
+                          meta={"best_val_loss": self.best_val_nats,
+                                "dropout_rng_state": self.dropout_rng.bit_generator.state}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
         ckpt = self.checkpoint()
@@ -127,7 +132,10 @@ class Trainer:
         cfg, model = self.cfg.train, self.model
         batch = self.corpus.train_batch(self.step, self.rng)
         mine = take_rows(batch, self.rows) if self.comm.size > 1 else batch
-        res = model.loss(mine.inputs, mine.targets, mine.mask, None if batch.reset else self.carry)
+        # None when off; drawn for the whole batch, so workers together use one process's masks
+        masks = model.dropout_masks(self.dropout_rng, *batch.inputs.shape, self.rows, len(mine.inputs))
+        res = model.loss(mine.inputs, mine.targets, mine.mask, None if batch.reset else self.carry,
+                         dropout_masks=masks)
         nats, n_chars = res.nats, res.n_chars
         if self.comm.size > 1:  # the one reduction of the step: gradients, loss, chars, stop flag
             res.graph.backward()
@@ -244,7 +252,8 @@ def _nothing_to_resume(run_dir: Path) -> CheckpointError:
 
 def _resume_diffs(old: Config, cfg: Config) -> list[str]:
     """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
-    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()]
+    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()
+             if k != "dropout"]  # a training-time regulariser: the parameters fit either way
     pairs.append(("data.mode", old.data.mode, cfg.data.mode))
     pairs.append(("train.optimizer", old.train.optimizer, cfg.train.optimizer))  # its slots would be lost
     if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream

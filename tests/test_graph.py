@@ -23,6 +23,7 @@ def m(*shape, lo=-1.0, hi=1.0) -> Mat:
 IDS = np.array([0, 2, 2, 4, 0])  # repeated ids must accumulate
 TARGETS = np.array([1, 0, 3, 3])
 MASK = np.array([1.0, 0.0, 1.0, 1.0])
+DROP = np.array([[2.0, 0, 2, 2], [0, 2, 0, 2], [2, 2, 2, 0]])  # a fixed inverted-dropout mask, p = 0.5
 
 # name -> (inputs, f(graph, *inputs) -> Mat or float loss). Each case draws fresh inputs.
 CASES = {
@@ -33,6 +34,7 @@ CASES = {
     "eltmul": lambda: ([m(3, 4), m(3, 4)], lambda g, a, b: g.eltmul(a, b)),
     "eltmul/column-gate": lambda: ([m(3, 1), m(3, 4)], lambda g, a, b: g.eltmul(a, b)),
     "scale": lambda: ([m(3, 4)], lambda g, a: g.scale(a, -2.5)),
+    "dropout": lambda: ([m(3, 4)], lambda g, a: g.dropout(a, DROP)),
     "one_minus": lambda: ([m(3, 4)], lambda g, a: g.one_minus(a)),
     "tanh": lambda: ([m(3, 4, lo=-2, hi=2)], lambda g, a: g.tanh(a)),
     "sigmoid": lambda: ([m(3, 4, lo=-4, hi=4)], lambda g, a: g.sigmoid(a)),
