@@ -170,8 +170,20 @@ class GatedFeedbackStack:
         return out
 
     def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
-        """Step by step over all layers: the top layer's h of every step (T*B, H), and the final state."""
+        """The top layer's h of every step (T*B, H), and the final state: one graph op for the whole
+        stack over T steps (`gated_feedback_stack`); a single step (sampling) goes op by op."""
+        if T == 1:
+            return self.forward_stepped(g, x, T, B, state)
         state = [tuple(Mat(a) for a in s) for s in state]
+        out = g.gated_feedback_stack(x, [layer.params for layer in self.layers], state, self.kind, self.gate,
+                                     self.layers[0].activation)
+        n = len(state[0])
+        return out[0], [tuple(out[1 + n * j:1 + n * (j + 1)]) for j in range(len(self.layers))]
+
+    def forward_stepped(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
+        """Step by step, op by op over all layers (the reference the whole-stack op is tested against);
+        the state as arrays, or as Mats (whose gradients a test reads)."""
+        state = [tuple(a if isinstance(a, Mat) else Mat(a) for a in s) for s in state]
         for layer in self.layers:  # weights used at every step: one gradient product each
             g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Ug", "U", "Wx", "Wg")))
         xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step,

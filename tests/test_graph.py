@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rnnchar import Graph, Mat
+from rnnchar.cells import stack_shapes
 from rnnchar.graph import NOT_OPS, OPS
 
 from gradcheck import numeric_grad, rel_error
@@ -71,8 +72,33 @@ CASES = {
     "rnn_layer": lambda: ([m(6, 3), m(3, 2), m(1, 2), m(2, 2), m(2, 2)], lambda g, *a: g.rnn_layer(*a)),
     "rnn_layer/relu": lambda: ([m(6, 3), m(3, 2), m(1, 2), m(2, 2), m(2, 2)],
                                lambda g, *a: g.rnn_layer(*a, activation="relu")),
+    # a whole gated-feedback stack: T = 3 steps of B = 2 rows, D = 3, unequal layers [2, 3]
+    "gated_feedback_stack/gf-lstm-scalar": lambda: _gated_feedback_case("lstm", "scalar"),
+    "gated_feedback_stack/gf-gru-vector": lambda: _gated_feedback_case("gru", "vector"),
+    "gated_feedback_stack/gf-rnn-scalar": lambda: _gated_feedback_case("rnn", "scalar"),
+    "gated_feedback_stack/gf-rnn-vector-outputs-only": lambda: _gated_feedback_case("rnn", "vector", True),
     "reuse/same-input-twice": lambda: ([m(3, 3)], lambda g, a: g.eltmul(g.tanh(a), g.matmul(a, a))),
 }
+
+
+def _gated_feedback_case(kind, gate, top_only=False):
+    """Inputs x, every layer's parameters and initial state as one flat list, and the op on them."""
+    sizes, B, T = [2, 3], 2, 3
+    shapes = stack_shapes(f"gf-{kind}", 3, sizes, gate)
+    names = [[k.split(".")[1] for k in shapes if k.startswith(f"layer{j}.")] for j in range(2)]
+    n_state = 2 if kind == "lstm" else 1
+    inputs = [m(T * B, 3)] + [m(*shapes[f"layer{j}.{k}"]) for j in range(2) for k in names[j]]
+    inputs += [m(B, H) for H in sizes for _ in range(n_state)]
+
+    def op(g, x, *rest):
+        layers, k = [], 0
+        for j in range(2):
+            layers.append(dict(zip(names[j], rest[k:k + len(names[j])])))
+            k += len(names[j])
+        state = [tuple(rest[k + n_state * j:k + n_state * (j + 1)]) for j in range(2)]
+        out = g.gated_feedback_stack(x, layers, state, kind, gate)
+        return out[0] if top_only else out
+    return inputs, op
 
 
 def _deferred_recurrence(g, h, W):
