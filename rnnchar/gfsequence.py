@@ -120,7 +120,11 @@ class _GatedFeedbackRun:
         if per == 2:
             self.dc = [np.zeros((B, H), self.A[0].dtype) if dfinal[2 * j + 1] is None
                        else dfinal[2 * j + 1].copy() for j, H in enumerate(self.sizes)]
-        self.D = [np.zeros_like(a) for a in self.A]  # d (h_i(t-1) M_i)
+        self.D = [np.empty_like(a) for a in self.A]  # d (h_i(t-1) M_i): every column written every step
+        self.F = [self.factors(j) for j in range(L)]
+        self.GF = [xp[:, :, self.G * H:] * (1 - xp[:, :, self.G * H:]) for xp, H in zip(self.XP, self.sizes)]
+        self.tmp = [np.empty((B, H), self.A[0].dtype) for H in self.sizes]
+        self.direct = [np.empty((B, H), self.A[0].dtype) for H in self.sizes]
         self.DX = [np.empty_like(xp) for xp in self.XP]  # d [xp | gate pre-activations]
         MT = [np.ascontiguousarray(m.T) for m in self.M]
         self.NT = [np.ascontiguousarray(n.T) for n in self.N]
@@ -137,36 +141,50 @@ class _GatedFeedbackRun:
                     self.dh[i] += direct[i]
         self.gradients()
 
+    def factors(self, j: int) -> np.ndarray:
+        """Layer j's local derivatives for every step at once, block-major (k, T, B, H), so that a
+        backward step is a few multiplications by contiguous blocks."""
+        H, kind = self.sizes[j], self.kind
+        a = self.XP[j][:, :, :self.G * H]
+        blocks = [a[:, :, k * H:(k + 1) * H] for k in range(self.G)]
+        if kind == "rnn":
+            h = blocks[0]
+            return ((h > 0).astype(h.dtype) if self.relu else 1 - h * h)[None]
+        if kind == "lstm":
+            i_, f, o, g = blocks
+            tc = self.tcs[j]
+            return np.stack([g * i_ * (1 - i_), self.cs[j][:-1] * f * (1 - f), tc * o * (1 - o),
+                             i_ * (1 - g * g), o * (1 - tc * tc), f])
+        z, r, n = blocks
+        return np.stack([(n - self.hs[j][:-1]) * z * (1 - z), self.REC[j] * r * (1 - r), z * (1 - n * n),
+                         r, 1 - z])
+
     def backward_layer(self, t: int, j: int):
         """Layer j at step t, its output gradient complete: fill DX[j][t] and the D's; return the
         gradient reaching h_j(t-1) other than through products (the GRU's blend), or None."""
         H, L, kind, dh = self.sizes[j], self.L, self.kind, self.dh[j]
-        GH, xpg, d = self.G * H, self.XP[j][t], self.DX[j][t]
-        a, gates, dpre, dgates = xpg[:, :GH], xpg[:, GH:], d[:, :GH], d[:, GH:]
+        GH, xpg, d, F = self.G * H, self.XP[j][t], self.DX[j][t], self.F[j][:, t]
+        gates, dpre, dgates = xpg[:, GH:], d[:, :GH], d[:, GH:]
         direct = None
         if kind == "rnn":
-            if self.relu:
-                np.multiply(dh, a > 0, out=dpre)
-            else:
-                np.multiply(dh, 1 - a * a, out=dpre)
+            np.multiply(dh, F[0], out=dpre)
             drec = dpre
         elif kind == "lstm":
-            i_, f, o, g = (a[:, k * H:(k + 1) * H] for k in range(4))
-            tc, dc = self.tcs[j][t], self.dc[j]
-            dc += dh * o * (1 - tc * tc)
-            np.multiply(dc * g, i_ * (1 - i_), out=dpre[:, :H])
-            np.multiply(dc * self.cs[j][t], f * (1 - f), out=dpre[:, H:2 * H])
-            np.multiply(dh * tc, o * (1 - o), out=dpre[:, 2 * H:3 * H])
-            np.multiply(dc * i_, 1 - g * g, out=dpre[:, 3 * H:])
-            dc *= f
+            dc, tmp = self.dc[j], self.tmp[j]
+            np.multiply(dh, F[4], out=tmp)
+            dc += tmp
+            np.multiply(dc, F[0], out=dpre[:, :H])
+            np.multiply(dc, F[1], out=dpre[:, H:2 * H])
+            np.multiply(dh, F[2], out=dpre[:, 2 * H:3 * H])
+            np.multiply(dc, F[3], out=dpre[:, 3 * H:])
+            dc *= F[5]
             drec = dpre[:, 3 * H:]
         else:
-            z, r, n, h_prev = a[:, :H], a[:, H:2 * H], a[:, 2 * H:], self.hs[j][t]
-            np.multiply(dh * z, 1 - n * n, out=dpre[:, 2 * H:])
-            np.multiply(dh * (n - h_prev), z * (1 - z), out=dpre[:, :H])
-            np.multiply(dpre[:, 2 * H:] * self.REC[j][t], r * (1 - r), out=dpre[:, H:2 * H])
-            drec = dpre[:, 2 * H:] * r
-            direct = dh * (1 - z)
+            np.multiply(dh, F[2], out=dpre[:, 2 * H:])
+            np.multiply(dh, F[0], out=dpre[:, :H])
+            np.multiply(dpre[:, 2 * H:], F[1], out=dpre[:, H:2 * H])
+            drec = np.multiply(dpre[:, 2 * H:], F[3], out=self.tmp[j])
+            direct = np.multiply(dh, F[4], out=self.direct[j])
         for i in range(L):
             cols = slice(self.edges[j], self.edges[j + 1])
             np.multiply(drec, self.gate_block(gates, i, H), out=self.D[i][t][:, cols])
@@ -174,7 +192,7 @@ class _GatedFeedbackRun:
                 dgates[:, i] = np.einsum("bh,bh->b", drec, self.A[i][t][:, cols])
             else:
                 np.multiply(drec, self.A[i][t][:, cols], out=dgates[:, i * H:(i + 1) * H])
-        dgates *= gates * (1 - gates)
+        dgates *= self.GF[j][t]
         for i in range(L):
             self.D[i][t][:, self.goff[j]:self.goff[j + 1]] = dgates
         if kind != "rnn":
