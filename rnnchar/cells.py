@@ -11,12 +11,14 @@ Plain stacks run layer by layer, each layer as one whole-sequence graph op
 (`Layer.run`: `lstm_layer`, `gru_layer`, `rnn_layer` in sequence.py). The
 per-step path (`Layer.step`, from fused and primitive ops) computes the same
 functions and serves gated feedback; tests hold the two to each other.
-Gated-feedback stacks (Chung et al. 2015, arXiv:1502.02367) run step by step,
-because layer j reads every layer's previous state h*_{t-1} through global
+Gated-feedback stacks (Chung et al. 2015, arXiv:1502.02367) cannot run layer by
+layer, because layer j reads every layer's previous state h*_{t-1} through global
 reset gates g(i->j) = sigmoid(x_j . w_g + h*_{t-1} . u_g); the gated sum
 sum_i g(i->j) * (h_i U(i->j)) replaces the recurrent term of the tanh state
 (gf-rnn), of the GRU candidate inside the reset gate (gf-gru), or of the LSTM
-cell candidate (gf-lstm). Layer sizes may differ. Imports numpy and the
+cell candidate (gf-lstm). Layer sizes may differ. Over T > 1 steps the whole stack is
+one graph op (`gated_feedback_stack`, gfsequence.py); a single step (sampling) and the
+tests' reference run op by op (`forward_stepped`). Imports numpy and the
 standard library only.
 """
 

@@ -55,7 +55,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "optim": ("graph mat", "numpy"),
     "graph": ("fused sequence gfsequence mat", "numpy"),
     "sequence": ("mat", "numpy"),
-    "gfsequence": ("mat", "numpy"),
+    "gfsequence": ("sequence mat", "numpy"),
     "ceiling": ("", "numpy"),  # the matmul-only ceiling that bench runs beside training
     "fused": ("mat", "numpy"),
     "mat": ("", "numpy"),
