@@ -86,6 +86,7 @@ NONNEG_FLOAT = _float(lambda x: x >= 0, "a non-negative number")
 ANY_FLOAT = _float(lambda x: True, "a number")
 SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
               "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
+WORKERS = _rule(lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or a positive integer")
 PATH = _rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
 
 
@@ -122,10 +123,12 @@ class ModelConfig(_Section):
     embed_size: int = _key(32, POS_INT, "size of the character embedding")
     activation: str = _key("tanh", _choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
     gate: str = _key("scalar", _choice(*GATES), "gated feedback: scalar (paper) or vector gates")
-    forget_bias: float = _key(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
+    forget_bias: float = _key(0.0, ANY_FLOAT, "initial LSTM forget-gate bias (torch: 0; char-rnn: 1)")
     dtype: str = _key("float32", _choice("float32", "float64"), "floating-point precision of training")
     init_scale: float = _key(0.0, NONNEG_FLOAT,
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
+    candidate_gain: float = _key(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple "
+                                 "of the gates' scale")
 
 
 @dataclass
@@ -167,6 +170,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = _key(250, OFF_INT, "save a checkpoint every N steps, 0 = off")
     eval_max_chars: int = _key(100000, NONNEG_INT, "validation characters per eval, 0 = whole split")
     seed: int = _key(1, NONNEG_INT, "seed for init, data split, batches and sampling")
+    workers: int | str = _key("auto", WORKERS,
+                              "data-parallel worker processes: auto, or N (1 = this process)")
 
 
 @dataclass
