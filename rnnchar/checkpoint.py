@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import not_regular
+
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 kept the carried stream state among the optimizer slots
 _REQUIRED = ("format_version", "config_json", "meta_json", "vocab")
@@ -234,6 +236,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory, not a .npz file")
+    if (why := not_regular(path)) is not None:  # a FIFO would block the open, a device never end
+        raise CheckpointError(f"cannot read checkpoint {path}: {why}")
     arrays = _read_all(path)
     vocab = arrays["vocab"]
     if vocab.ndim != 1 or vocab.dtype.kind not in "iu":

@@ -50,10 +50,35 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
+def _reopen_closed_std_fds() -> None:
+    """Started with stdin/stdout/stderr closed (`2>&-`): put /dev/null on those descriptors.
+
+    Otherwise the next file opened (a checkpoint being written) would take descriptor 2 and receive
+    whatever is written to stderr. sys.stdin/sys.stdout stay None so commands can refuse to read or
+    write them; a closed stderr becomes a sink, so training goes on without its log.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+
+
+def _need_stdout(what: str) -> None:
+    if sys.stdout is None:
+        raise click.ClickException(f"stdout is closed: nowhere to write {what}")
+
+
 class _Cli(click.Group):
     """Turns domain errors into exit codes at the edge, the same for every command."""
 
     def invoke(self, ctx):
+        _reopen_closed_std_fds()
         try:
             return super().invoke(ctx)
         except ConfigError as e:
@@ -150,6 +175,18 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
     rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
     """
     _setup_logging(quiet)
+    old_term = signal.signal(signal.SIGTERM, _interrupt)  # while encoding the corpus: clean up, exit 130
+    try:
+        _train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     path = resolve_config_path(config_name) if config_name else None
@@ -216,6 +253,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
     """
     from .sample import sample_sentences, sample_stream, unknown_chars
 
+    _need_stdout("the samples")
     model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
     bad = unknown_chars(vocab, prime)
     if bad:
@@ -243,7 +281,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
 def eval_cmd(file, checkpoint, as_json, per_line):
     """Score text: bits per character and perplexity (FILE, - for stdin).
 
-    Without FILE (and with stdin a terminal), scores the run's own validation split.
+    Without FILE (and with stdin a terminal or closed), scores the run's own validation split.
 
     \b
     rnnchar eval held_out.txt
@@ -253,8 +291,9 @@ def eval_cmd(file, checkpoint, as_json, per_line):
     from .data import read_text
     from .evaluate import score_lines, score_text, validation_score
 
+    _need_stdout("the scores")
     model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
-    if file is None and sys.stdin.isatty():
+    if file is None and (sys.stdin is None or sys.stdin.isatty()):  # nothing piped in: the run's own split
         if per_line:
             raise click.UsageError("--per-line needs a FILE or - for stdin")
         result = validation_score(model, vocab, cfg)
