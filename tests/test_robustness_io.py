@@ -6,6 +6,7 @@ as a shell user sees them) and fails on the code before the fix it guards.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -15,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from cli_procs import CLI, CORPUS_TEXT, STREAM, TINY, assert_ok, cli, start
+from cli_procs import CLI, CORPUS_TEXT, STREAM, TINY, assert_fails, assert_ok, cli, start
 
 from rnnchar import idcache
 from rnnchar.checkpoint import load_checkpoint
@@ -134,3 +135,69 @@ def test_tampered_id_cache_is_rebuilt(work, tamper):
     r = cli("train", "--corpus", "c.txt", *TINY, *STREAM, "--overwrite", "--run-dir", "run", cwd=work)
     assert_ok(r)  # was IndexError / ValueError
     assert np.array_equal(np.load(ids_path), good)
+
+
+# --- standard streams ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny sentence model: (work dir, checkpoint path)."""
+    work = tmp_path_factory.mktemp("io")
+    (work / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
+    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "run", cwd=work))
+    return work, work / "run/last.npz"
+
+
+def test_training_with_stderr_closed_goes_on_and_keeps_stdout_clean(work):
+    r = _limited("train", "--corpus", "c.txt", *TINY[:-1], "--run-dir", "run", cwd=work, close_fd=2)
+    assert r.returncode == 0 and r.stdout == "", (r.returncode, r.stdout)  # was exit 1, log on stdout
+    assert load_checkpoint(work / "run/last.npz").step == 3
+
+
+@pytest.mark.parametrize("args, closed, message", [
+    (["eval", "-"], 0, "stdin: it is closed"),
+    (["sample"], 1, "stdout is closed"),
+    (["eval", "c.txt"], 1, "stdout is closed"),  # was exit 0 with the result thrown away
+], ids=["eval - <&-", "sample >&-", "eval FILE >&-"])
+def test_closed_standard_streams_are_exit_1(trained, args, closed, message):
+    work, ckpt = trained
+    r = _limited(*args, "--checkpoint", ckpt, cwd=work, close_fd=closed)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+
+
+def test_eval_with_stdin_closed_scores_the_validation_split(trained):
+    work, ckpt = trained
+    r = _limited("eval", "--checkpoint", ckpt, "--json", cwd=work, close_fd=0)
+    assert r.returncode == 0, r.stderr  # was AttributeError
+    assert json.loads(r.stdout)["chars"] > 0
+
+
+def test_train_from_closed_stdin_is_exit_1(work):
+    r = _limited("train", "--corpus", "-", *TINY, "--run-dir", "run", cwd=work, close_fd=0)
+    assert_fails(r, 1, "stdin: it is closed")
+
+
+# --- endless files and FIFOs --------------------------------------------------------------------
+
+def test_endless_inputs_end_in_a_clear_error(trained):
+    work, ckpt = trained
+    with open("/dev/zero", "rb") as zero:
+        from_stdin = _limited("train", "--corpus", "-", *TINY, "--run-dir", "z1", cwd=work, stdin=zero)
+    assert_fails(from_stdin, 1, "more than 256 MiB")  # was MemoryError
+    assert_fails(_limited("eval", "--checkpoint", ckpt, "/dev/zero", cwd=work), 1, "more than 256 MiB")
+    for mode in ([], STREAM):  # sentences: MemoryError; stream: ran forever
+        r = _limited("train", "--set", "data.corpus=/dev/zero", *TINY, *mode, "--run-dir", "z2", cwd=work,
+                     timeout=30)
+        assert_fails(r, 1, "/dev/zero", "not a regular file")
+
+
+def test_fifos_are_refused_where_a_file_is_seeked_or_read_twice(trained):
+    work, ckpt = trained
+    os.mkfifo(work / "f")
+    assert_fails(cli("sample", "--checkpoint", "f", cwd=work, timeout=20), 1, "FIFO")
+    r = cli("train", "--set", "data.corpus=f", *TINY, *STREAM, "--run-dir", "zf", cwd=work, timeout=20)
+    assert_fails(r, 1, "FIFO")
+    (work / "fr").mkdir()
+    os.mkfifo(work / "fr/last.npz")
+    r = cli("train", "--corpus", "c.txt", *TINY, "--resume", "--run-dir", "fr", cwd=work, timeout=20)
+    assert_fails(r, 1, "FIFO")
