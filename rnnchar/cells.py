@@ -26,6 +26,8 @@ import numpy as np
 from .graph import Graph, Mat
 
 CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+GATES = ("scalar", "vector")  # gated feedback: one gate per layer pair (paper), or one per unit
+ACTIVATIONS = ("tanh", "relu")  # rnn / gf-rnn nonlinearity
 BLOCKS = {"rnn": 1, "gru": 3, "lstm": 4}  # (B, H) blocks in a cell's input projection
 
 
@@ -183,10 +185,10 @@ def make_stack(cell: str, D: int, hidden_sizes, rng: np.random.Generator, dtype=
     """A stack of `cell` layers ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")."""
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
-    if opts.get("gate", "scalar") not in ("scalar", "vector"):
-        raise ValueError(f"unknown gate {opts['gate']!r}; choose scalar or vector")
-    if opts.get("activation", "tanh") not in ("tanh", "relu"):
-        raise ValueError(f"unknown activation {opts['activation']!r}; choose tanh or relu")
+    if opts.get("gate", "scalar") not in GATES:
+        raise ValueError(f"unknown gate {opts['gate']!r}; choose {' or '.join(GATES)}")
+    if opts.get("activation", "tanh") not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {opts['activation']!r}; choose {' or '.join(ACTIVATIONS)}")
     if cell.startswith("gf-"):
         return GatedFeedbackStack(cell, D, hidden_sizes, rng, dtype, **opts)
     opts.pop("gate", None)

@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
+from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
+from .optim import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -35,7 +37,6 @@ class _Bad(Exception):
 # -- value checks: each returns the (coerced) value or raises _Bad(expected) --
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
 
 
 def _rule(ok, what: str, convert=lambda v: v):
@@ -86,8 +87,8 @@ SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a
 PATH = _rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
 
 
-def _f(default: Any, check, help: str):
-    """A config field: default, value check and one-line help, together."""
+def _key(default: Any, check, help: str):
+    """One config key as a dataclass field: its default, value check and one-line help, together."""
     meta = {"check": check, "help": help}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -113,14 +114,15 @@ class ModelConfig(_Section):
     """Network shape and initialisation."""
 
     SECTION: ClassVar[str] = "model"
-    cell: str = _f("lstm", _choice(*CELLS), "recurrent cell: " + ", ".join(CELLS))
-    hidden_sizes: list[int] = _f([128, 128], SIZES, "hidden units per layer, bottom first; sizes may differ")
-    embed_size: int = _f(32, POS_INT, "size of the character embedding")
-    activation: str = _f("tanh", _choice("tanh", "relu"), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
-    gate: str = _f("scalar", _choice("scalar", "vector"), "gated feedback: scalar (paper) or vector gates")
-    forget_bias: float = _f(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
-    dtype: str = _f("float32", _choice("float32", "float64"), "floating-point precision of training")
-    init_scale: float = _f(0.0, NONNEG_FLOAT,
+    cell: str = _key("lstm", _choice(*CELLS), "recurrent cell: " + ", ".join(CELLS))
+    hidden_sizes: list[int] = _key([128, 128], SIZES,
+                                   "hidden units per layer, bottom first; sizes may differ")
+    embed_size: int = _key(32, POS_INT, "size of the character embedding")
+    activation: str = _key("tanh", _choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
+    gate: str = _key("scalar", _choice(*GATES), "gated feedback: scalar (paper) or vector gates")
+    forget_bias: float = _key(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
+    dtype: str = _key("float32", _choice("float32", "float64"), "floating-point precision of training")
+    init_scale: float = _key(0.0, NONNEG_FLOAT,
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
 
 
@@ -129,14 +131,14 @@ class DataConfig(_Section):
     """Corpus and batching."""
 
     SECTION: ClassVar[str] = "data"
-    corpus: str | None = _f(None, PATH, "training text file; null = the bundled sentence corpus")
-    mode: str = _f("sentences", _choice("sentences", "stream"), "sentences (one per line) or stream (BPTT)")
-    val_fraction: float = _f(0.05, _float(lambda x: 0 <= x < 1, "a number in [0, 1)"), "held-out fraction")
-    min_count: int = _f(1, POS_INT, "rarer characters map to the unknown token")
-    batch_size: int = _f(32, POS_INT, "sequences per batch (B)")
-    seq_len: int = _f(64, POS_INT, "stream mode: characters per BPTT window (T)")
-    max_line_len: int = _f(500, POS_INT, "sentences mode: maximum line length in characters")
-    stream_order: str = _f("sequential", _choice("sequential", "random"),
+    corpus: str | None = _key(None, PATH, "training text file; null = the bundled sentence corpus")
+    mode: str = _key("sentences", _choice("sentences", "stream"), "sentences (one per line) or stream (BPTT)")
+    val_fraction: float = _key(0.05, _float(lambda x: 0 <= x < 1, "a number in [0, 1)"), "held-out fraction")
+    min_count: int = _key(1, POS_INT, "rarer characters map to the unknown token")
+    batch_size: int = _key(32, POS_INT, "sequences per batch (B)")
+    seq_len: int = _key(64, POS_INT, "stream mode: characters per BPTT window (T)")
+    max_line_len: int = _key(500, POS_INT, "sentences mode: maximum line length in characters")
+    stream_order: str = _key("sequential", _choice("sequential", "random"),
                            "stream mode: sequential windows, state carried; or random windows, zero state")
 
 
@@ -145,21 +147,22 @@ class TrainConfig(_Section):
     """Optimisation, schedule and bookkeeping."""
 
     SECTION: ClassVar[str] = "train"
-    steps: int = _f(3000, NONNEG_INT, "number of optimizer updates")
-    optimizer: str = _f("rmsprop", _choice("rmsprop", "adam", "sgd"), "rmsprop (RecurrentJS), adam or sgd")
-    lr: float = _f(0.002, POS_FLOAT, "base learning rate")
-    regc: float = _f(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
-    clip: float = _f(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
-    clip_norm: float = _f(0.0, NONNEG_FLOAT, "global-norm clip of the per-character loss gradient, 0 = off")
-    lr_schedule: str = _f("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
-    lr_decay: float = _f(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"), "step schedule: lr factor")
-    lr_decay_every: int = _f(1000, POS_INT, "step schedule: steps between decays")
-    warmup_steps: int = _f(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
-    eval_every: int = _f(250, OFF_INT, "validate every N steps, 0 = off")
-    sample_every: int = _f(500, OFF_INT, "show samples every N steps, 0 = off")
-    checkpoint_every: int = _f(250, OFF_INT, "save a checkpoint every N steps, 0 = off")
-    eval_max_chars: int = _f(100000, NONNEG_INT, "validation characters per eval, 0 = whole split")
-    seed: int = _f(1, NONNEG_INT, "seed for init, data split, batches and sampling")
+    steps: int = _key(3000, NONNEG_INT, "number of optimizer updates")
+    optimizer: str = _key("rmsprop", _choice(*OPTIMIZERS), "rmsprop (RecurrentJS), adam or sgd")
+    lr: float = _key(0.002, POS_FLOAT, "base learning rate")
+    regc: float = _key(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
+    clip: float = _key(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
+    clip_norm: float = _key(0.0, NONNEG_FLOAT, "global-norm clip of the per-character loss gradient, 0 = off")
+    lr_schedule: str = _key("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
+    lr_decay: float = _key(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
+                           "step schedule: lr factor")
+    lr_decay_every: int = _key(1000, POS_INT, "step schedule: steps between decays")
+    warmup_steps: int = _key(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
+    eval_every: int = _key(250, OFF_INT, "validate every N steps, 0 = off")
+    sample_every: int = _key(500, OFF_INT, "show samples every N steps, 0 = off")
+    checkpoint_every: int = _key(250, OFF_INT, "save a checkpoint every N steps, 0 = off")
+    eval_max_chars: int = _key(100000, NONNEG_INT, "validation characters per eval, 0 = whole split")
+    seed: int = _key(1, NONNEG_INT, "seed for init, data split, batches and sampling")
 
 
 @dataclass
@@ -167,10 +170,10 @@ class SampleConfig(_Section):
     """Sampling from a trained model."""
 
     SECTION: ClassVar[str] = "sample"
-    temp: float = _f(1.0, POS_FLOAT, "softmax temperature; lower = more conservative")
-    length: int = _f(300, NONNEG_INT, "maximum characters per sample")
-    n: int = _f(5, POS_INT, "number of samples")
-    top_k: int = _f(0, NONNEG_INT, "sample only from the k likeliest characters, 0 = all")
+    temp: float = _key(1.0, POS_FLOAT, "softmax temperature; lower = more conservative")
+    length: int = _key(300, NONNEG_INT, "maximum characters per sample")
+    n: int = _key(5, POS_INT, "number of samples")
+    top_k: int = _key(0, NONNEG_INT, "sample only from the k likeliest characters, 0 = all")
 
 
 @dataclass

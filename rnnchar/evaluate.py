@@ -111,4 +111,6 @@ def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:
     nats, n = batch_nats(model, corpus.val_batches())
     if n == 0:
         raise DataError("the run has no validation split (data.val_fraction is 0): pass a FILE to score")
-    return result_from_nats(nats, n, 0)
+    val = [corpus.val] if corpus.mode == "stream" else corpus.val  # one id array, or one per sentence
+    unknown = sum(int(np.count_nonzero(ids == UNKNOWN)) for ids in val)  # counted, not scored
+    return result_from_nats(nats, n, unknown)

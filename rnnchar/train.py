@@ -55,7 +55,8 @@ class Trainer:
         self.model = build_model(cfg, len(corpus.vocab))
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
-        self.step, self.history, self.best = 0, [], math.inf
+        self.step, self.history = 0, []
+        self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows
         if ckpt is not None:
             self._restore(ckpt)
@@ -80,7 +81,7 @@ class Trainer:
             raise ValueError(f"the step counter is negative ({ckpt.step})")
         try:
             self.rng.bit_generator.state = ckpt.rng_state
-            self.best = float(ckpt.meta.get("best_val_loss", math.inf))
+            self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
         except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
@@ -91,7 +92,7 @@ class Trainer:
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
                           params=params, opt_state=dict(self.opt.state), step=self.step,
                           rng_state=self.rng.bit_generator.state, history=self.history,
-                          meta={"best_val_loss": self.best}, carry=carry)
+                          meta={"best_val_loss": self.best_val_nats}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
         save_checkpoint(self.run_dir / name, self.checkpoint())
@@ -132,7 +133,8 @@ class Trainer:
         log.info("samples at step %d:\n%s", self.step, "\n".join("  | " + t for t in texts))
 
 
-def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, should_stop) -> dict:
+def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
+                                should_stop) -> dict:
     """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
@@ -145,8 +147,8 @@ def _record(trainer: Trainer, train_loss: float, cps: float, elapsed: float, sho
         f.write(json.dumps(rec) + "\n")
     log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
              rec["val_bpc"], cps)
-    if math.isfinite(val_loss) and val_loss < trainer.best:
-        trainer.best = val_loss
+    if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
+        trainer.best_val_nats = val_loss
         trainer.save("best.npz")
     return rec
 
@@ -215,7 +217,8 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
-                rec = _record(t, float(np.mean(losses)), chars / busy, time.perf_counter() - t0, should_stop)
+                rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
+                                                  time.perf_counter() - t0, should_stop)
                 bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
             if cfg.sample_every and t.step % cfg.sample_every == 0:
@@ -227,4 +230,4 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     interrupted = t.step < cfg.steps
     if interrupted or start == t.step:
         t.save()  # Ctrl-C (or nothing to do): the state as of the last finished step
-    return Summary(t.step, interrupted, t.best / math.log(2), t.history)
+    return Summary(t.step, interrupted, t.best_val_nats / math.log(2), t.history)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from rnnchar import __version__
 from rnnchar.checkpoint import load_checkpoint
 from rnnchar.cli import main
+from rnnchar.data import split_train_val
 
 SENTENCES = [
     "The cat sat on the warm mat.", "A dog ran down the long road.", "We ate bread and cheese at noon.",
@@ -177,14 +180,21 @@ def test_eval_per_line_scores_each_line(corpus, tmp_path):
     assert float(rows[0][0]) < float(rows[1][0])  # a training sentence surprises less than noise
 
 
-def test_eval_without_file_scores_validation_split(corpus, monkeypatch):
+def test_eval_without_file_on_a_terminal_scores_the_validation_split(corpus):
     train(corpus)
-    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
-    r = CliRunner().invoke(main, ["eval", "--json"])
-    if r.exit_code == 0:
-        assert json.loads(r.stdout)["chars"] > 0
-    else:  # CliRunner replaces stdin; then the empty stdin is reported
-        assert r.exit_code == 1 and "empty" in r.output
+    trained_on, (held_out,) = split_train_val(SENTENCES, 0.05, seed=1)  # val_fraction, seed defaults
+    unseen = sum(c not in "".join(trained_on) for c in held_out)
+    assert unseen == 1  # the split holds out "A dog ran ...", the one sentence with an "A"
+    terminal, stdin = pty.openpty()  # CliRunner replaces stdin, so the command runs in a real process
+    try:
+        r = _cli("eval", "--json", stdin=stdin, timeout=120)
+    finally:
+        os.close(stdin)
+        os.close(terminal)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unknown_chars"] == unseen
+    assert out["chars"] == len(held_out) + 1 - unseen  # its known characters and the end of the sentence
 
 
 @pytest.mark.parametrize("args, code, message", [
