@@ -1,6 +1,6 @@
 """The layering of DESIGN.md, enforced: each module imports only what its row below allows.
 
-    cli bench  ->  train sample evaluate  ->  corpus runs data idcache config checkpoint
+    cli bench  ->  train sample evaluate  ->  corpus runs data idcache config checkpoint fileio
                ->  model  ->  cells optim  ->  graph fused mat
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
@@ -21,12 +21,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never impo
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
     "__init__": 0, "cli": 0, "bench": 0,
     "train": 1, "sample": 1, "evaluate": 1,
-    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2,
+    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "fileio": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "mat": 5,
 }
-STORE = "corpus runs data idcache config checkpoint"
+STORE = "corpus runs data idcache config checkpoint fileio"
 CORE = "model cells optim graph fused mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
@@ -35,12 +35,13 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "train": (f"sample evaluate {STORE} {CORE}", "numpy tqdm"),
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
-    "corpus": (f"data idcache config {CORE}", "numpy"),
+    "corpus": (f"data idcache config fileio {CORE}", "numpy"),
     "runs": (f"checkpoint config data {CORE}", "numpy"),
     "config": (CORE, "numpy yaml"),
-    "checkpoint": ("", "numpy"),
-    "idcache": ("data", "numpy"),
-    "data": ("", "numpy"),
+    "checkpoint": ("fileio", "numpy"),
+    "idcache": ("data fileio", "numpy"),
+    "data": ("fileio", "numpy"),
+    "fileio": ("", ""),  # regular-file checks and the capped reader, shared by data and checkpoint
     "model": ("cells optim graph fused mat", "numpy"),
     "cells": ("graph fused mat", "numpy"),
     "optim": ("graph mat", "numpy"),
