@@ -304,12 +304,13 @@ def eval_cmd(file, checkpoint, as_json, per_line):
         if per_line:
             lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
             for line, score in zip(lines, score_lines(model, vocab, lines, cfg.data.mode)):
-                click.echo(json.dumps({"bits_per_char": score, "line": line}) if as_json
+                bpc = score if math.isfinite(score) else None  # JSON has no NaN: null
+                click.echo(json.dumps({"bits_per_char": bpc, "line": line}, allow_nan=False) if as_json
                            else f"{score:.4f}\t{line}")
             return
         result = score_text(model, vocab, text, cfg.data.mode, cfg.data.max_line_len)
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        click.echo(json.dumps(result.as_dict(), allow_nan=False))
     else:
         click.echo(f"bits/char {result.bits_per_char:.4f}  perplexity {result.perplexity:.3f}  "
                    f"chars {result.chars:,}  unknown {result.unknown_chars:,}")

@@ -27,7 +27,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_check
 from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
-from .evaluate import batch_nats
+from .evaluate import batch_nats, perplexity
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
@@ -139,7 +139,7 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
            "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
-           "val_perplexity": round(math.exp(val_loss), 6) if math.isfinite(val_loss) else None,
+           "val_perplexity": round(ppl, 6) if math.isfinite(ppl := perplexity(val_loss)) else None,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
            "elapsed_s": round(elapsed, 2)}
     trainer.history.append(rec)

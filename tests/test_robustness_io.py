@@ -19,8 +19,11 @@ import pytest
 from cli_procs import CLI, CORPUS_TEXT, STREAM, TINY, assert_fails, assert_ok, cli, start
 
 from rnnchar import idcache
-from rnnchar.checkpoint import load_checkpoint
-from rnnchar.data import DataError
+from rnnchar.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rnnchar.config import build_model, config_to_dict, load_config
+from rnnchar.data import DataError, Vocab, sentence_batches, stream_batches
+from rnnchar.evaluate import batch_nats
+from rnnchar.model import CharModel
 
 AS_LIMIT = 1536 << 20  # an endless read must end in a clear error well before this
 
@@ -201,3 +204,65 @@ def test_fifos_are_refused_where_a_file_is_seeked_or_read_twice(trained):
     os.mkfifo(work / "fr/last.npz")
     r = cli("train", "--corpus", "c.txt", *TINY, "--resume", "--run-dir", "fr", cwd=work, timeout=20)
     assert_fails(r, 1, "FIFO")
+
+
+# --- eval: big vocabularies, overconfident models -------------------------------------------------
+
+def _checkpoint_for(path, chars: str, sets: list[str], decoder_scale: float = 1.0) -> None:
+    """A freshly initialised model over `chars`, saved as a checkpoint (no training needed)."""
+    cfg = load_config(None, sets)
+    vocab = Vocab(chars)
+    model = build_model(cfg, len(vocab))
+    params = {k: p.w * (decoder_scale if k == "decoder.W" else 1.0) for k, p in model.params.items()}
+    rng_state = np.random.default_rng(0).bit_generator.state
+    save_checkpoint(path, Checkpoint(config=config_to_dict(cfg), vocab=vocab.to_array(), params=params,
+                                     opt_state={}, step=0, rng_state=rng_state, history=[], meta={}))
+
+
+def test_eval_memory_does_not_grow_with_vocabulary_times_window(tmp_path):
+    chars = "".join(chr(0x4E00 + i) for i in range(30_000))  # 30,002 ids: old logits were 8192 x 30002
+    _checkpoint_for(tmp_path / "big.npz", chars, ["model.hidden_sizes=[8]", "model.embed_size=4",
+                                                  "data.mode=stream"])
+    text = "".join(np.random.default_rng(0).choice(list(chars[:500]), size=8_800))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    r = _limited("eval", "--checkpoint", "big.npz", "t.txt", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was "out of memory" (exit 1) under the 1.5 GB cap
+    assert json.loads(r.stdout)["chars"] == 32 * ((8_800 - 1) // 32)  # 32 streams of 274 predictions
+
+
+@pytest.mark.parametrize("mode", ["sentences", "stream"])
+def test_chunked_scoring_equals_whole_batches(mode):
+    rng = np.random.default_rng(3)
+    model = CharModel(40, "lstm", [12, 9], embed_size=5, dtype="float64", rng=rng)
+    if mode == "stream":
+        batches = list(stream_batches(rng.integers(2, 40, size=3000).astype(np.int32)))
+    else:
+        seqs = [np.concatenate([[0], rng.integers(1, 40, size=n), [0]]).astype(np.int32)
+                for n in rng.integers(1, 60, size=50)]
+        batches = list(sentence_batches(seqs))
+    whole = batch_nats(model, batches, budget=10**12)
+    chunked = batch_nats(model, batches, budget=32 * 40 * 3)  # 3 steps at a time
+    assert chunked[1] == whole[1] > 0
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-12)
+
+
+def test_overconfident_model_reports_infinite_perplexity_as_null(tmp_path):
+    (tmp_path / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
+    _checkpoint_for(tmp_path / "hot.npz", sorted(set(CORPUS_TEXT) - {"\n"}),
+                    ["model.hidden_sizes=[8]", "model.embed_size=4"], decoder_scale=1e6)
+    r = cli("eval", "--checkpoint", "hot.npz", "c.txt", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # was OverflowError in math.exp
+
+    def no_constants(token):
+        raise AssertionError(f"{token} is not JSON")
+    result = json.loads(r.stdout, parse_constant=no_constants)
+    assert result["perplexity"] is None and result["bits_per_char"] > 709 / np.log(2)
+    plain = cli("eval", "--checkpoint", "hot.npz", "c.txt", cwd=tmp_path)
+    assert plain.returncode == 0 and "perplexity inf" in plain.stdout, plain.stderr
+
+
+def test_training_with_a_huge_validation_loss_records_null_perplexity(work):
+    r = cli("train", "--corpus", "c.txt", *TINY, "--set", "train.lr=16", "--run-dir", "run", cwd=work)
+    assert_ok(r)  # was OverflowError in math.exp
+    rec = json.loads((work / "run/metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["val_bpc"] > 709 / np.log(2) and rec["val_perplexity"] is None
