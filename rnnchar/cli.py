@@ -32,6 +32,7 @@ from .runs import RunLock, find_checkpoint, load_model
 from .train import TrainingDiverged, open_trainer, train
 
 log = logging.getLogger("rnnchar")
+MAX_SAMPLES = 100_000  # sample -n: the sentences are generated together, one row each
 
 
 class _TqdmHandler(logging.Handler):
@@ -237,12 +238,13 @@ def _echo_stream(pieces) -> None:
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
 @click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=_finite,
               help="Temperature (> 0); lower is safer.")
-@click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models).")
+@click.option("-n", "n", type=click.IntRange(min=1, max=MAX_SAMPLES),
+              help=f"Sentences to write (sentence models; at most {MAX_SAMPLES:,}, made as one batch).")
 @click.option("--length", type=click.IntRange(min=0), help="Characters to write (stream models).")
 @click.option("--prime", default="", help="Text to start from (characters the model knows).")
 @click.option("--argmax", is_flag=True, help="Greedy: always the most likely character.")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K likeliest characters.")
-@click.option("--seed", type=int, help="Make the output reproducible.")
+@click.option("--seed", type=click.IntRange(min=0), help="Make the output reproducible (an integer >= 0).")
 def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
     """Write generated text to stdout as it is made.
 

@@ -266,3 +266,24 @@ def test_training_with_a_huge_validation_loss_records_null_perplexity(work):
     assert_ok(r)  # was OverflowError in math.exp
     rec = json.loads((work / "run/metrics.jsonl").read_text().splitlines()[-1])
     assert rec["val_bpc"] > 709 / np.log(2) and rec["val_perplexity"] is None
+
+
+# --- sample arguments ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seed", "-1"], "--seed"),  # was ValueError
+    (["-n", "1000000000000000000000000000000"], "-n"),  # was OverflowError
+], ids=["negative seed", "huge n"])
+def test_sample_refuses_impossible_numbers_with_exit_2(trained, args, fragment):
+    work, ckpt = trained
+    r = cli("sample", "--checkpoint", ckpt, *args, cwd=work)
+    assert_fails(r, 2, fragment)
+
+
+def test_a_tiny_temperature_samples_like_argmax(trained):
+    work, ckpt = trained
+    tiny = cli("sample", "--checkpoint", ckpt, "--temp", "1e-320", "-n", "3", "--seed", "1", cwd=work)
+    greedy = cli("sample", "--checkpoint", ckpt, "--argmax", "-n", "3", cwd=work)
+    assert_ok(tiny)
+    assert "Warning" not in tiny.stderr, tiny.stderr  # was a RuntimeWarning and empty samples
+    assert tiny.stdout == greedy.stdout and tiny.stdout.strip(), (tiny.stdout, greedy.stdout)
