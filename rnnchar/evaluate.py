@@ -34,6 +34,7 @@ from .data import (
 from .model import CharModel
 
 EVAL_BUDGET = 1 << 22  # logits (B x T_chunk x V numbers) held at once while scoring: 16 MB in float32
+EVAL_TOKENS = 4096  # and characters (B x T_chunk) per chunk, which bounds the recurrent activations
 PROGRESS_CHARS = 200_000  # texts at least this long show a progress bar (on a terminal)
 
 
@@ -69,15 +70,16 @@ def batch_nats(model: CharModel, batches: Iterable[Batch], should_stop: Callable
                budget: int = EVAL_BUDGET) -> tuple[float, int]:
     """Total nats and scored characters over batches, carrying state unless a batch resets it.
 
-    Each (T, B) batch is scored in time chunks of at most `budget // (B x V)` steps, the state
-    carried from chunk to chunk, so the logits held at once stay near `budget` numbers whatever the
-    vocabulary (the sums are those of the whole batch up to float rounding).
+    Each (T, B) batch is scored in time chunks of at most `budget // (B x V)` steps (and at most
+    EVAL_TOKENS // B), the state carried from chunk to chunk, so the logits held at once stay near
+    `budget` numbers whatever the vocabulary and window (the sums are the whole batch's up to float
+    rounding).
     """
     nats, n, state = 0.0, 0, None
     for b in batches:
         mask = b.mask * (b.targets != UNKNOWN)  # (T, B)
         T, B = b.inputs.shape
-        step = max(1, budget // (B * model.V))
+        step = max(1, min(budget // (B * model.V), EVAL_TOKENS // B))
         state = None if b.reset else state
         for t in range(0, T, step):
             res = model.loss(b.inputs[t : t + step], b.targets[t : t + step], mask[t : t + step], state,

@@ -102,19 +102,44 @@ class Trainer:
         cfg, model = self.cfg.train, self.model
         batch = self.corpus.train_batch(self.step, self.rng)
         state = None if batch.reset else self.carry
-        res = model.loss(batch.inputs, batch.targets, batch.mask, state)
-        if not math.isfinite(res.loss):
-            raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
-        res.graph.backward()
+        loss, nats, n_chars, state = self._accumulate_gradients(batch, state)
         if cfg.clip_norm > 0:  # on the per-character mean loss (PyTorch's convention), which is
             # the loss we differentiate (summed over steps) divided by the characters per row
-            clip_global_norm(model.params, cfg.clip_norm * max(res.n_chars, 1) / batch.inputs.shape[1])
+            clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
         if not all(np.isfinite(p.w).all() for p in model.params.values()):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
-        self.carry = res.state if self.corpus.carries_state else None
+        self.carry = state if self.corpus.carries_state else None
         self.step += 1
-        return res.nats / max(res.n_chars, 1), res.n_chars
+        return nats / max(n_chars, 1), n_chars
+
+    def _accumulate_gradients(self, batch, state) -> tuple[float, float, int, list]:
+        """Gradients of the batch loss (summed over steps, averaged over all B rows) into the params.
+
+        A batch of more than data.max_batch_tokens (B x T) characters runs as groups of rows, each
+        trimmed to its longest row; a group's mask is scaled by b/B so that its loss, which the model
+        averages over its own b rows, is its share of the whole batch's: the summed gradients are the
+        batch's, while the graph holds only one group's activations. Returns (loss, nats, chars, state).
+        """
+        T, B = batch.inputs.shape
+        cap = self.cfg.data.max_batch_tokens
+        rows = B if cap <= 0 or B * T <= cap else max(1, cap // T)
+        loss, states = 0.0, []
+        for r0 in range(0, B, rows):
+            cols = slice(r0, r0 + rows)
+            mask = batch.mask[:, cols]  # (T, b)
+            t_end = T if state is not None or rows == B else int(np.flatnonzero(mask.any(axis=1))[-1]) + 1
+            part = None if state is None else [tuple(a[cols] for a in s) for s in state]
+            res = self.model.loss(batch.inputs[:t_end, cols], batch.targets[:t_end, cols],
+                                  mask[:t_end] * (mask.shape[1] / B), part)
+            if not math.isfinite(res.loss):
+                raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
+            res.graph.backward()  # adds into each parameter's gradient
+            loss += res.loss
+            states.append(res.state)
+        if len(states) > 1:
+            states = [[tuple(np.concatenate(block) for block in zip(*layer)) for layer in zip(*states)]]
+        return loss, loss * B, int(np.count_nonzero(batch.mask)), states[0]
 
     def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
         """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short."""

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,38 @@ def test_a_tiny_temperature_samples_like_argmax(trained):
     assert_ok(tiny)
     assert "Warning" not in tiny.stderr, tiny.stderr  # was a RuntimeWarning and empty samples
     assert tiny.stdout == greedy.stdout and tiny.stdout.strip(), (tiny.stdout, greedy.stdout)
+
+
+# --- sentence-mode memory -------------------------------------------------------------------------
+
+def _one_long_step(max_batch_tokens: int):
+    """(params after one step, loss, peak traced bytes) on a batch of 16 lines of ~200 characters."""
+    import tracemalloc
+
+    from rnnchar.corpus import Corpus
+    from rnnchar.data import SentenceBatcher, encode_sentences, pad_batch
+    from rnnchar.train import Trainer
+
+    rng = np.random.default_rng(5)
+    lines = ["".join(rng.choice(list("abcdefgh "), size=n)) for n in rng.integers(150, 200, size=16)]
+    vocab = Vocab("abcdefgh ")
+    seqs = encode_sentences(lines, vocab)
+    cfg = load_config(None, ["model.hidden_sizes=[24, 16]", "model.embed_size=6", "model.dtype=float64",
+                             "data.batch_size=16", f"data.max_batch_tokens={max_batch_tokens}"])
+    corpus = Corpus("sentences", vocab, SentenceBatcher(seqs, 16), [], "test")
+    corpus.train_batch = lambda step, rng: pad_batch(seqs)
+    trainer = Trainer(cfg, Path("unused"), corpus)
+    tracemalloc.start()
+    loss, n = trainer.train_step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return {k: p.w.copy() for k, p in trainer.model.params.items()}, loss, n, peak
+
+
+def test_long_sentence_batches_run_in_row_groups_with_the_same_step():
+    whole, loss, n, peak_whole = _one_long_step(0)
+    split, loss_split, n_split, peak_split = _one_long_step(600)  # 3 rows (~600 characters) at a time
+    assert n_split == n and loss_split == pytest.approx(loss, rel=1e-12)
+    for k in whole:
+        np.testing.assert_allclose(split[k], whole[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    assert peak_split < 0.4 * peak_whole, (peak_split, peak_whole)
