@@ -1,5 +1,6 @@
-"""Text -> ids -> batches: vocabulary, strict reading, sentence and stream batching, big-file encoding.
+"""Text -> ids -> batches: vocabulary, strict reading, sentence and stream batching.
 
+Encoding a big file chunk by chunk into a memory-mapped cache is in idcache.py.
 NumPy and the standard library only; nothing prints (functions return counts, callers report).
 Input problems a person can fix raise `DataError`, whose message says what and where.
 

@@ -2,6 +2,7 @@
 
     result = score_text(model, vocab, text, mode="sentences")
     print(result.bits_per_char, result.perplexity, result.unknown_chars)
+    held_out = validation_score(model, vocab, cfg)  # the run's own validation split
 
 Characters the model never saw are counted and map to the unknown token; as
 targets they are not scored (a model cannot predict what it never saw), so

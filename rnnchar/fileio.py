@@ -1,7 +1,8 @@
 """Small file checks shared by the readers: regular files only where a file is seeked or read twice.
 
-    why = not_regular(path)          # None for a regular file, else a reason a person understands
-    data = read_capped(f, STDIN_CAP, "<stdin>")
+    why = not_regular("corpus.txt")     # None for a regular file, else a reason: "it is a FIFO ..."
+    with open("corpus.txt", "rb") as f:
+        data = read_capped(f, STDIN_CAP, "corpus.txt")  # TooLong past the cap
 
 A FIFO would hang the second read (or the first, with no writer), a device such as
 /dev/zero never ends: neither is opened where a file is read twice or seeked (checkpoints,

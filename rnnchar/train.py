@@ -1,8 +1,10 @@
 """The training loop: corpus -> batches -> model -> optimizer -> metrics and checkpoints.
 
-    summary = train(load_config("lstm.yaml"), run_dir=Path("runs/lstm"))
+    cfg = load_config("lstm.yaml", ["train.steps=100"])
+    trainer = open_trainer(cfg, Path("runs/lstm"), resume=False)  # resume=True: go on from last.npz
+    summary = train(trainer, should_stop=lambda: False, quiet=True)  # to train.steps or should_stop()
 
-Writes into `run_dir`: last.npz (every checkpoint_every steps and at the end),
+Writes into the run directory: last.npz (every checkpoint_every steps and at the end),
 best.npz (lowest validation loss), metrics.jsonl (one JSON object per
 evaluation) and config.yaml. Resuming restores parameters, optimizer slots,
 step, carried state and the data RNG, so a resumed run is bit-identical to an

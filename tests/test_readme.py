@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rnnchar.config import describe_keys
+from rnnchar.graph import OPS
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 EXAMPLES = re.findall(r"```python\n(.*?)```", README, flags=re.S)
@@ -29,3 +30,8 @@ def test_readme_documents_every_config_key():
 
 def test_readme_names_the_two_fresh_machine_commands():
     assert "make train" in README and "make test" in README
+
+
+def test_readme_lists_every_graph_op():
+    ops = README[README.index("Ops: "):README.index("The character model and its cells")]
+    assert [op for op in OPS if f"`{op}`" not in ops] == []
