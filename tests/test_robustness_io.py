@@ -323,3 +323,14 @@ def test_long_sentence_batches_run_in_row_groups_with_the_same_step():
     for k in whole:
         np.testing.assert_allclose(split[k], whole[k], rtol=1e-9, atol=1e-12, err_msg=k)
     assert peak_split < 0.4 * peak_whole, (peak_split, peak_whole)
+
+
+def test_per_line_json_writes_null_for_a_line_with_nothing_to_score(trained):
+    work, ckpt = trained
+    r = cli("eval", "--checkpoint", ckpt, "--per-line", "--json", "-", cwd=work, input="The cat.\n\nA dog.\n")
+    assert_ok(r)
+
+    def no_constants(token):
+        raise AssertionError(f"{token} is not JSON")
+    scores = [json.loads(out, parse_constant=no_constants)["bits_per_char"] for out in r.stdout.splitlines()]
+    assert scores[1] is None and scores[0] > 0 and scores[2] > 0  # was NaN, which is not JSON
