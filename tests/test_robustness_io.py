@@ -334,3 +334,26 @@ def test_per_line_json_writes_null_for_a_line_with_nothing_to_score(trained):
         raise AssertionError(f"{token} is not JSON")
     scores = [json.loads(out, parse_constant=no_constants)["bits_per_char"] for out in r.stdout.splitlines()]
     assert scores[1] is None and scores[0] > 0 and scores[2] > 0  # was NaN, which is not JSON
+
+
+def test_stream_row_groups_carry_the_state_like_whole_batches(tmp_path):
+    from rnnchar.corpus import load_corpus
+    from rnnchar.train import Trainer
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "s.txt").write_text("".join(rng.choice(list("abcde \n"), size=4000)), encoding="utf-8")
+    runs = []
+    for cap in (0, 40):  # 8 streams x 16 steps = 128 characters: groups of 2 streams
+        cfg = load_config(None, [f"data.corpus={tmp_path / 's.txt'}", "data.mode=stream", "data.seq_len=16",
+                                 "data.batch_size=8", "model.hidden_sizes=[10]", "model.embed_size=4",
+                                 "model.dtype=float64", f"data.max_batch_tokens={cap}"])
+        trainer = Trainer(cfg, tmp_path, load_corpus(cfg))
+        losses = [trainer.train_step()[0] for _ in range(3)]  # the carried state feeds steps 2 and 3
+        runs.append((losses, trainer.carry, {k: p.w.copy() for k, p in trainer.model.params.items()}))
+    (loss_a, carry_a, params_a), (loss_b, carry_b, params_b) = runs
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-10)
+    for layer_a, layer_b in zip(carry_a, carry_b, strict=True):
+        for a, b in zip(layer_a, layer_b, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
+    for k in params_a:
+        np.testing.assert_allclose(params_b[k], params_a[k], rtol=1e-8, atol=1e-12, err_msg=k)
