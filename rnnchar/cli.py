@@ -25,10 +25,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .commands import COMMANDS, echo_stream, finite_float
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
+from .finetune import base_config
 from .model import ShapeError
-from .runs import RunLock, find_checkpoint, load_model
+from .runs import RunLock, load_model
 from .train import TrainingDiverged, open_trainer, train
 
 log = logging.getLogger("rnnchar")
@@ -164,21 +166,26 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where checkpoints and metrics go [default: runs/<config name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
+@click.option("--more", type=click.IntRange(min=0), metavar="N",
+              help="With --resume: train N steps beyond the checkpoint's step (sets train.steps).")
+@click.option("--init-from", type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="CKPT",
+              help="Fine-tune: a new run from CKPT's weights (its config unless --config; fresh optimizer).")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
-def train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
+def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet):
     """Train a model; checkpoints go to runs/<config name>/ (last.npz, best.npz, metrics.jsonl).
 
     \b
     rnnchar train --config lstm.yaml
     rnnchar train --config gru.yaml --corpus my.txt --set train.steps=5000
-    rnnchar train --config lstm.yaml --resume --set train.steps=6000
+    rnnchar train --config lstm.yaml --resume --more 2000
     rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
+    rnnchar train --init-from runs/lstm/best.npz --corpus poems.txt --set train.steps=500
     """
     _setup_logging(quiet)
     old_term = signal.signal(signal.SIGTERM, _interrupt)  # while encoding the corpus: clean up, exit 130
     try:
-        _train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet)
+        _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet)
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
@@ -187,21 +194,26 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
+def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
+    if more is not None and (not resume or any(s.strip().startswith("train.steps=") for s in sets)):
+        raise click.UsageError("--more N goes with --resume and without --set train.steps=...")
+    if init_from is not None and resume:
+        raise click.UsageError("--init-from starts a new run; --resume continues one: pick one")
     path = resolve_config_path(config_name) if config_name else None
-    cfg = load_config(path, sets)
+    cfg = load_config(path, sets, base=base_config(init_from) if init_from and not path else None)
     if corpus is not None:
         cfg.data.corpus = _corpus_option(corpus)
-    run_dir = run_dir or Path("runs") / (path.stem if path else "default")
+    default = f"{init_from.parent.name}-finetune" if init_from else path.stem if path else "default"
+    run_dir = run_dir or Path("runs") / default
     with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
         if (run_dir / "last.npz").exists() and not (resume or overwrite):
             raise click.ClickException(
                 f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
                 "afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-        trainer = open_trainer(cfg, run_dir, resume)  # a bad corpus fails here, before anything is lost
+        trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
         if overwrite:  # open_trainer already emptied metrics.jsonl
             for name in ("last.npz", "best.npz"):
                 (run_dir / name).unlink(missing_ok=True)
@@ -219,83 +231,90 @@ def _train_cmd(config_name, corpus, sets, run_dir, resume, overwrite, quiet):
     log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
 
 
-def _finite(ctx, param, value):
-    """FloatRange lets nan and inf through; a temperature must be a real number."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
-
-
-def _echo_stream(pieces) -> None:
-    out = sys.stdout
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
-
-
 @main.command("sample")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
-@click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=_finite,
+@click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=finite_float,
               help="Temperature (> 0); lower is safer.")
-@click.option("-n", "n", type=click.IntRange(min=1, max=MAX_SAMPLES),
-              help=f"Sentences to write (sentence models; at most {MAX_SAMPLES:,}, made as one batch).")
-@click.option("--length", type=click.IntRange(min=0), help="Characters to write (stream models).")
+@click.option("-n", "n", type=click.IntRange(min=1, max=MAX_SAMPLES), help="Sentences to write (sentence "
+              f"models; at most {MAX_SAMPLES:,}, made as one batch; with --beam: the best N of the beam).")
+@click.option("--length", type=click.IntRange(min=0), help="Characters after the prime: at most (sentence "
+              "models), exactly (stream models) [default: sample.length].")
 @click.option("--prime", default="", help="Text to start from (characters the model knows).")
-@click.option("--argmax", is_flag=True, help="Greedy: always the most likely character.")
+@click.option("--argmax", is_flag=True, help="Greedy: always the most likely character (one sentence).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample only among the K likeliest characters.")
+@click.option("--beam", type=click.IntRange(min=1), metavar="K", help="Beam search: the K most likely "
+              "completions of the prime, best first.")
+@click.option("--length-penalty", "alpha", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="With --beam: rank sentences by logprob / chars**ALPHA (1 per char, 0 the total).")
+@click.option("--json", "as_json", is_flag=True, help="With --beam: one JSON object per completion (text, "
+              "logprob, logprob_per_char, bits_per_char, chars, finished).")
 @click.option("--seed", type=click.IntRange(min=0), help="Make the output reproducible (an integer >= 0).")
-def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, seed):
+def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, as_json, seed):
     """Write generated text to stdout as it is made.
 
     \b
     rnnchar sample --temp 0.7 -n 20 | sort | uniq -c
     rnnchar sample --checkpoint runs/lstm/best.npz --prime "The " --seed 1
-    rnnchar sample --argmax -n 1
+    rnnchar sample --argmax
+    rnnchar sample --beam 8 --prime "The old " --json   # the 8 most likely sentences
     """
-    from .sample import sample_sentences, sample_stream, unknown_chars
+    from .commands import check_beam_options, checkpoint_or_newest, write_beams
+    from .sample import beam_search, sample_sentences, sample_stream, unknown_chars
 
     _need_stdout("the samples")
-    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
+    check_beam_options(beam, argmax or temp is not None or top_k is not None, as_json)
+    model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
     bad = unknown_chars(vocab, prime)
     if bad:
         raise click.BadParameter(f"characters the model never saw: {' '.join(map(repr, bad))}",
                                  param_hint="--prime")
-    s = cfg.sample
+    s, sentences = cfg.sample, cfg.data.mode == "sentences"
     temp, top_k = temp or s.temp, top_k if top_k is not None else s.top_k
+    length = s.length if length is None else length
+    if beam:
+        beams = beam_search(model, vocab, beam, prime, length, sentences, alpha)
+        return write_beams(beams[:n or beam], sentences, as_json)
     rng = np.random.default_rng(seed)
-    if cfg.data.mode == "sentences":
-        lines = sample_sentences(model, vocab, rng, n or s.n, temp, top_k, argmax, prime)
-        _echo_stream(line + "\n" for line in lines)
+    if sentences:
+        if argmax and (n or 1) > 1:
+            click.echo(f"rnnchar: --argmax always writes the same sentence: writing 1, not {n}", err=True)
+        lines = sample_sentences(model, vocab, rng, 1 if argmax else n or s.n, temp, top_k, argmax, prime,
+                                 max_len=length)
+        echo_stream(line + "\n" for line in lines)
     else:
-        _echo_stream(sample_stream(model, vocab, rng, s.length if length is None else length,
-                                   temp, top_k, argmax, prime))
+        echo_stream(sample_stream(model, vocab, rng, length, temp, top_k, argmax, prime))
         sys.stdout.write("\n")
 
 
 @main.command("eval")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--val", "validation", is_flag=True, help="Score the run's own validation split.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="A .npz checkpoint [default: the newest run under ./runs].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: bits_per_char, perplexity, chars, "
               "unknown_chars.")
 @click.option("--per-line", is_flag=True, help="Print 'bits-per-char<TAB>line' for every line.")
-def eval_cmd(file, checkpoint, as_json, per_line):
-    """Score text: bits per character and perplexity (FILE, - for stdin).
+def eval_cmd(file, validation, checkpoint, as_json, per_line):
+    """Score text: bits per character and perplexity (FILE, - for stdin, or --val).
 
-    Without FILE (and with stdin a terminal or closed), scores the run's own validation split.
+    --val scores the run's own validation split (so does no FILE with stdin a terminal or closed).
 
     \b
+    rnnchar eval --val
     rnnchar eval held_out.txt
     cat notes.txt | rnnchar eval - --json
     rnnchar eval --per-line notes.txt | sort -rn | head   # most surprising lines
     """
+    from .commands import checkpoint_or_newest
     from .data import read_text
     from .evaluate import score_lines, score_text, validation_score
 
     _need_stdout("the scores")
-    model, vocab, cfg = load_model(checkpoint or find_checkpoint(Path("runs")))
-    if file is None and (sys.stdin is None or sys.stdin.isatty()):  # nothing piped in: the run's own split
+    if validation and file is not None:
+        raise click.UsageError(f"--val scores the validation split: drop it, or drop {file}")
+    model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
+    if validation or (file is None and (sys.stdin is None or sys.stdin.isatty())):
         if per_line:
             raise click.UsageError("--per-line needs a FILE or - for stdin")
         result = validation_score(model, vocab, cfg)
@@ -317,6 +336,9 @@ def eval_cmd(file, checkpoint, as_json, per_line):
         click.echo(f"bits/char {result.bits_per_char:.4f}  perplexity {result.perplexity:.3f}  "
                    f"chars {result.chars:,}  unknown {result.unknown_chars:,}")
 
+
+for _command in COMMANDS:  # prep, runs, plot: their own module, the same error handling
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

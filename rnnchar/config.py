@@ -8,6 +8,7 @@ PyYAML is used through ``safe_load`` only, so a config can never run code::
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import math
@@ -159,6 +160,8 @@ class TrainConfig(_Section):
     lr_decay: float = _key(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
                            "step schedule: lr factor")
     lr_decay_every: int = _key(1000, POS_INT, "step schedule: steps between decays")
+    lr_decay_steps: int = _key(0, NONNEG_INT, "cosine schedule: steps from lr down to 0.1 lr, then flat; "
+                               "0 = train.steps at the run's start (kept on resume)")
     warmup_steps: int = _key(0, OFF_INT, "linear learning-rate warmup in steps, 0 = off")
     eval_every: int = _key(250, OFF_INT, "validate every N steps, 0 = off")
     sample_every: int = _key(500, OFF_INT, "show samples every N steps, 0 = off")
@@ -309,10 +312,11 @@ def _apply_override(raw: dict, item: str) -> None:
         raw[section][key] = value
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file (a path or a bundled name) <- overrides, all validated."""
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                base: dict | None = None) -> Config:
+    """Defaults <- YAML file (a path or a bundled name; else `base`, e.g. a checkpoint's) <- overrides."""
     file = resolve_config_path(str(path)) if path is not None else None
-    raw = _read_yaml(file) if file is not None else {}
+    raw = _read_yaml(file) if file is not None else copy.deepcopy(base) if base is not None else {}
     for item in overrides if isinstance(raw, dict) else ():
         _apply_override(raw, item)
     return _build(raw, str(file) if file is not None else "config")
@@ -344,7 +348,7 @@ def lr_at(train: TrainConfig, step: int) -> float:
     """Learning rate for update number ``step`` (0-based): schedule x linear warmup.
 
     constant: lr; step: lr * lr_decay ** (step // lr_decay_every);
-    cosine: from lr down to 0.1 * lr at step == train.steps (then flat).
+    cosine: from lr down to 0.1 * lr at step == lr_decay_steps (or train.steps if 0), then flat.
     Warmup multiplies by (step + 1) / warmup_steps for the first warmup_steps updates.
     """
     if step < 0:
@@ -352,8 +356,9 @@ def lr_at(train: TrainConfig, step: int) -> float:
     lr = train.lr
     if train.lr_schedule == "step":
         lr *= train.lr_decay ** (step // train.lr_decay_every)
-    elif train.lr_schedule == "cosine" and train.steps > 0:
-        progress = min(step, train.steps) / train.steps
+    elif train.lr_schedule == "cosine" and (train.lr_decay_steps or train.steps) > 0:
+        horizon = train.lr_decay_steps or train.steps
+        progress = min(step, horizon) / horizon
         lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
     if step < train.warmup_steps:
         lr *= (step + 1) / train.warmup_steps

@@ -10,11 +10,25 @@ next boundary; all n sentences are generated together as one batch. Stream
 models continue the prime for `length` characters. A prime may only use
 characters the model knows: `unknown_chars` lists the others so the caller can
 refuse it with a clear message.
+
+    for beam in beam_search(model, vocab, width=8, prime="The "):   # most likely first
+        print(beam.text, beam.logprob / beam.chars)
+
+Beam search keeps the `width` most likely continuations (by total
+log-probability), all fed to the model as one batch: one model step per
+character for the whole beam. Sentence models: at every step each live beam
+may also end, and the `width` best whole sentences are kept, ranked by
+log-probability / chars ** alpha, the end included: alpha 1 (the default) is
+per character; alpha 0 is the total, by which a sentence cut short after a
+few characters nearly always wins. Stream models: continuations of exactly
+`length` characters.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -92,3 +106,72 @@ def sample_stream(model: CharModel, vocab: Vocab, rng: np.random.Generator, leng
         ids = pick(logits, rng, temp, top_k, argmax, banned=(BOUNDARY, UNKNOWN))  # no sentences here
         yield vocab.decode(ids)
         logits, state = model.step(ids, state)
+
+
+@dataclass
+class Beam:
+    """One finished (or cut-off) beam-search hypothesis."""
+
+    text: str          # prime + completion
+    logprob: float     # natural log-probability of the completion's characters (and of the end)
+    chars: int         # characters scored: the completion, plus 1 for the end of a finished sentence
+    finished: bool     # sentence models: ended with the boundary (False: cut off at the length limit)
+
+    @property
+    def per_char(self) -> float:
+        return self.logprob / max(self.chars, 1)
+
+    def as_dict(self) -> dict:
+        per_char = self.per_char
+        return {"text": self.text, "logprob": round(self.logprob, 6), "logprob_per_char": round(per_char, 6),
+                "bits_per_char": round(-per_char / math.log(2), 6), "chars": self.chars,
+                "finished": self.finished}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _start_ids(vocab: Vocab, prime: str, sentences: bool) -> np.ndarray:
+    if sentences:
+        return np.concatenate([[BOUNDARY], vocab.encode(prime)]).astype(np.int64)
+    if prime:
+        return vocab.encode(prime).astype(np.int64)
+    return (vocab.encode("\n") if "\n" in vocab.chars else np.array([BOUNDARY])).astype(np.int64)
+
+
+def beam_search(model: CharModel, vocab: Vocab, width: int, prime: str = "", max_len: int = 300,
+                sentences: bool = True, alpha: float = 1.0) -> list[Beam]:
+    """The `width` most likely continuations of `prime`, best first (finished sentences first).
+
+    Sentences are ranked by logprob / chars ** alpha: 1 = per character, 0 = the total."""
+    def rank(b: Beam) -> float:
+        return -b.logprob / max(b.chars, 1) ** alpha
+
+    logits, state = _feed(model, _start_ids(vocab, prime, sentences)[:, None], None)  # one row to start
+    banned = [UNKNOWN] if sentences else [BOUNDARY, UNKNOWN]
+    seqs, scores, done = [[]], np.zeros(1), []
+    for t in range(max_len):
+        logp = _log_softmax(logits)                                  # (k, V)
+        logp[:, banned] = -np.inf
+        if sentences:  # every live beam may end here: a whole sentence, kept if among the best so far
+            for q, end in zip(seqs, scores + logp[:, BOUNDARY]):
+                if len(done) < width or -end / (len(q) + 1) ** alpha < rank(done[-1]):
+                    done = sorted([*done, Beam(prime + vocab.decode(q), float(end), len(q) + 1, True)],
+                                  key=rank)[:width]
+            logp[:, BOUNDARY] = -np.inf                              # the beams themselves go on
+        total = (scores[:, None] + logp).ravel()                     # (k * V,)
+        n = min(width, int(np.isfinite(total).sum()))
+        if n == 0:
+            break
+        top = np.argpartition(-total, n - 1)[:n]
+        top = top[np.argsort(-total[top], kind="stable")]
+        parents, ids = np.divmod(top, logp.shape[1])
+        seqs, scores = [seqs[p] + [int(c)] for p, c in zip(parents, ids)], total[top]
+        if t + 1 < max_len:
+            state = [tuple(a[parents] for a in layer) for layer in state]
+            logits, state = model.step(ids, state)
+    cut = [Beam(prime + vocab.decode(q), float(s), len(q), not sentences) for q, s in zip(seqs, scores)]
+    return (done + sorted(cut, key=rank))[:width]

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,14 @@ from .config import Config, build_model, config_from_dict, config_to_dict, confi
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .evaluate import batch_nats, perplexity
+from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
+LN2 = math.log(2)
+PROGRESS_EVERY_S = 30.0  # plain progress lines when stderr is not a terminal (no progress bar)
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,7 +167,8 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
                                 should_stop) -> dict:
     """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
     val_loss, _ = trainer.validate(should_stop)
-    rec = {"step": trainer.step, "train_loss": round(train_loss, 6),
+    rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
+           "train_loss_nats": round(train_loss, 6),
            "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
            "val_perplexity": round(ppl, 6) if math.isfinite(ppl := perplexity(val_loss)) else None,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
@@ -172,8 +176,9 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
     trainer.history.append(rec)
     with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(rec) + "\n")
-    log.info("step %d  train loss %.4f  val %s bits/char  %.0f chars/s", trainer.step, train_loss,
-             rec["val_bpc"], cps)
+    val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
+    log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step, train_loss / LN2,
+             val, f"{cps:,.0f}")
     if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
         trainer.best_val_nats = val_loss
         trainer.save("best.npz")
@@ -196,10 +201,33 @@ def _resume_diffs(old: Config, cfg: Config) -> list[str]:
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
 
 
-def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -> Trainer:
-    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's."""
+def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
+    """Pin train.lr_decay_steps: a new run's is its train.steps; a resumed run keeps the checkpoint's
+    unless the user sets it, so more steps never make a cosine learning rate jump back up unasked."""
+    t = cfg.train
+    if old is None:
+        t.lr_decay_steps = t.lr_decay_steps or t.steps
+        return
+    kept = old.train.lr_decay_steps or old.train.steps  # older checkpoints: the horizon was train.steps
+    if t.lr_decay_steps == 0:
+        t.lr_decay_steps = kept
+        if t.lr_schedule == "cosine" and t.steps > kept:
+            log.info("the cosine schedule keeps its horizon of %d steps (train.lr_decay_steps): steps after "
+                     "%d run at its floor, lr %.3g; set train.lr_decay_steps to stretch it", kept, kept,
+                     0.1 * t.lr)
+    elif t.lr_decay_steps != kept and t.lr_schedule == "cosine":
+        before = lr_at(replace(t, lr_decay_steps=kept), step)
+        log.warning("train.lr_decay_steps=%d replaces the checkpoint's %d: the cosine learning rate moves "
+                    "from %.3g to %.3g at step %d", t.lr_decay_steps, kept, before, lr_at(t, step), step + 1)
+
+
+def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
+                 more: int | None = None, init_from: Path | None = None) -> Trainer:
+    """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's;
+    `more` sets train.steps to the checkpoint's step plus `more`; `init_from` starts a new run from
+    another checkpoint's weights (finetune.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = vocab = None
+    ckpt = vocab = old = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
@@ -214,9 +242,19 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -
         if diffs:
             raise CheckpointError("cannot resume with a different model or optimizer: " + "; ".join(diffs)
                                   + " (use --overwrite or another --run-dir to start afresh)")
-    corpus = load_corpus(cfg, vocab=vocab, cache_dir=run_dir / "cache" if cache else None)
+        if more is not None:
+            cfg.train.steps = ckpt.step + more
+        if ckpt.step >= cfg.train.steps:
+            log.warning("nothing to train: %s is at step %d and train.steps is %d; pass --more N (or --set "
+                        "train.steps=M) to train further", path, ckpt.step, cfg.train.steps)
+    _fix_schedule_horizon(cfg, old, ckpt.step if ckpt else 0)
+    cache_dir = run_dir / "cache" if cache else None
+    start = FineTune.open(cfg, init_from, cache_dir) if init_from is not None else None
+    corpus = start.corpus if start else load_corpus(cfg, vocab=vocab, cache_dir=cache_dir)
     try:
         trainer = Trainer(cfg, run_dir, corpus, ckpt)
+        if start:
+            start.load_into(trainer.model)
     except ValueError as err:  # ShapeError, a bad slot, RNG state or step: the file does not fit
         if ckpt is None:
             raise
@@ -226,13 +264,33 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True) -
     return trainer
 
 
+class _PlainProgress:
+    """A log line every PROGRESS_EVERY_S seconds (step, loss, speed, ETA) for a log file, nohup, make."""
+
+    def __init__(self, on: bool, start: int, total: int):
+        self.on, self.start, self.total = on, start, total
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, step: int, loss_nats: float, cps: float) -> None:
+        now = time.monotonic()
+        if not self.on or now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
+        h, rest = divmod(int(eta), 3600)
+        log.info("step %d/%d  train %.4f bits/char  %s chars/s  ETA %d:%02d:%02d", step, self.total,
+                 loss_nats / LN2, f"{cps:,.0f}", h, rest // 60, rest % 60)
+
+
 def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
     """Train to `train.steps`. Stops early and saves last.npz when `should_stop()` turns true."""
     cfg, t = trainer.cfg.train, trainer
     start, losses, chars, busy = t.step, [], 0, 0.0
-    t0 = time.perf_counter()
+    before = (t.history[-1].get("elapsed_s") or 0.0) if t.history else 0.0  # a resumed run's clock goes on
+    t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
+    plain = _PlainProgress(bool(bar.disable) and not quiet, start, cfg.steps)
     try:
         while t.step < cfg.steps and not should_stop():
             tic = time.perf_counter()
@@ -241,12 +299,14 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             losses.append(loss)
             chars += n
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
+            bar.set_postfix(bpc=f"{loss / LN2:.3f}", chars_s=f"{chars / busy:.0f}", refresh=False)
+            plain.tick(t.step, float(np.mean(losses)), chars / busy)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
                 rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
                                                   time.perf_counter() - t0, should_stop)
-                bar.set_postfix(loss=f"{loss:.3f}", val_bpc=rec["val_bpc"], chars_s=f"{chars / busy:.0f}")
+                bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
+                                chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
             if cfg.sample_every and t.step % cfg.sample_every == 0:
                 t.log_samples()

@@ -28,6 +28,7 @@ DEFAULTS = {
              "max_batch_tokens": 2048},
     "train": {"steps": 3000, "optimizer": "rmsprop", "lr": 0.002, "regc": 1.0e-6, "clip": 5.0,
               "clip_norm": 0.0, "lr_schedule": "constant", "lr_decay": 0.5, "lr_decay_every": 1000,
+              "lr_decay_steps": 0,
               "warmup_steps": 0, "eval_every": 250, "sample_every": 500, "checkpoint_every": 250,
               "eval_max_chars": 100000, "seed": 1},
     "sample": {"temp": 1.0, "length": 300, "n": 5, "top_k": 0},
@@ -315,6 +316,11 @@ def test_lr_step(step, expected):
                                            (25, 0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4))))])
 def test_lr_cosine(step, expected):
     assert lr_at(train_cfg(lr_schedule="cosine"), step) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.1), (20, 0.055), (40, 0.01), (100, 0.01)])
+def test_lr_cosine_has_its_own_horizon(step, expected):
+    assert lr_at(train_cfg(lr_schedule="cosine", lr_decay_steps=40), step) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("schedule,step,expected", [

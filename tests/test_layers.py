@@ -1,6 +1,7 @@
 """The layering of DESIGN.md, enforced: each module imports only what its row below allows.
 
-    cli bench  ->  train sample evaluate  ->  corpus runs data idcache config checkpoint fileio
+    cli bench commands  ->  train sample evaluate finetune plot
+               ->  corpus runs data idcache config checkpoint report text fileio
                ->  model  ->  cells optim  ->  graph fused mat
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
@@ -19,9 +20,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never imported: a cycle cannot hide it
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
-    "__init__": 0, "cli": 0, "bench": 0,
-    "train": 1, "sample": 1, "evaluate": 1,
-    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "fileio": 2,
+    "__init__": 0, "cli": 0, "bench": 0, "commands": 0,
+    "train": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
+    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
+    "fileio": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "mat": 5,
@@ -30,13 +32,18 @@ STORE = "corpus runs data idcache config checkpoint fileio"
 CORE = "model cells optim graph fused mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
-    "cli": (f"__init__ train sample evaluate {STORE} {CORE}", "click numpy tqdm"),
+    "cli": (f"__init__ commands train sample evaluate finetune {STORE} {CORE}", "click numpy tqdm"),
+    "commands": (f"sample evaluate plot report text {STORE}", "click"),  # prep, runs, plot
     "bench": (f"__init__ train sample evaluate {STORE} {CORE}", "numpy"),
-    "train": (f"sample evaluate {STORE} {CORE}", "numpy tqdm"),
+    "train": (f"sample evaluate finetune {STORE} {CORE}", "numpy tqdm"),
+    "finetune": (f"{STORE} {CORE}", "numpy"),
+    "plot": ("report", "matplotlib"),  # matplotlib imported only when a file is asked for
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
     "corpus": (f"data idcache config fileio {CORE}", "numpy"),
     "runs": (f"checkpoint config data {CORE}", "numpy"),
+    "report": ("config", "numpy"),
+    "text": ("", ""),
     "config": (CORE, "numpy yaml"),
     "checkpoint": ("fileio", "numpy"),
     "idcache": ("data fileio", "numpy"),
