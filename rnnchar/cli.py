@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
-from .commands import COMMANDS, echo_stream, finite_float
+from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .finetune import base_config
@@ -53,35 +53,11 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
-def _reopen_closed_std_fds() -> None:
-    """Started with stdin/stdout/stderr closed (`2>&-`): put /dev/null on those descriptors.
-
-    Otherwise the next file opened (a checkpoint being written) would take descriptor 2 and receive
-    whatever is written to stderr. sys.stdin/sys.stdout stay None so commands can refuse to read or
-    write them; a closed stderr becomes a sink, so training goes on without its log.
-    """
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-    if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
-
-
-def _need_stdout(what: str) -> None:
-    if sys.stdout is None:
-        raise click.ClickException(f"stdout is closed: nowhere to write {what}")
-
-
 class _Cli(click.Group):
     """Turns domain errors into exit codes at the edge, the same for every command."""
 
     def invoke(self, ctx):
-        _reopen_closed_std_fds()
+        reopen_closed_std_fds()
         try:
             return super().invoke(ctx)
         except ConfigError as e:
@@ -262,7 +238,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, a
     from .commands import check_beam_options, checkpoint_or_newest, write_beams
     from .sample import beam_search, sample_sentences, sample_stream, unknown_chars
 
-    _need_stdout("the samples")
+    need_stdout("the samples")
     check_beam_options(beam, argmax or temp is not None or top_k is not None, as_json)
     model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
     bad = unknown_chars(vocab, prime)
@@ -310,7 +286,7 @@ def eval_cmd(file, validation, checkpoint, as_json, per_line):
     from .data import read_text
     from .evaluate import score_lines, score_text, validation_score
 
-    _need_stdout("the scores")
+    need_stdout("the scores")
     if validation and file is not None:
         raise click.UsageError(f"--val scores the validation split: drop it, or drop {file}")
     model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
