@@ -181,6 +181,34 @@ class GatedFeedbackStack:
         return outs, state
 
 
+def stack_shapes(cell: str, D: int, hidden_sizes, gate: str = "scalar") -> dict[str, tuple[int, int]]:
+    """Every parameter's shape in make_stack(cell, D, hidden_sizes), by arithmetic: nothing is allocated,
+    so a checkpoint's arrays can be checked before a model of a hostile size is built."""
+    base, gf = cell.removeprefix("gf-"), cell.startswith("gf-")
+    G, L, total = BLOCKS[base], len(hidden_sizes), sum(hidden_sizes)
+    shapes = {}
+    for j, H in enumerate(hidden_sizes):
+        R = {"rnn": 0, "gru": 2, "lstm": 3}[base] * H if gf else (2 if base == "gru" else G) * H
+        layer = {"Wx": (D, G * H), "b": (1, G * H)}
+        if R:
+            layer["Wh"] = (H, R)
+        if base == "gru" and not gf:
+            layer["Whn"] = (H, H)
+        if gf:
+            width = L if gate == "scalar" else L * H
+            layer.update({"Wg": (D, width), "Ug": (total, width)})
+            layer.update({"bg": (1, width), "U": (total, H)} if gate == "vector" else {"U": (total, H)})
+        shapes.update({f"layer{j}.{k}": shape for k, shape in layer.items()})
+        D = H
+    return shapes
+
+
+def state_shapes(cell: str, hidden_sizes, B: int) -> list[tuple[tuple[int, int], ...]]:
+    """The shapes of a stack's state for B rows: per layer (h,) or, for LSTMs, (h, c)."""
+    n = 2 if cell.removeprefix("gf-") == "lstm" else 1
+    return [((B, H),) * n for H in hidden_sizes]
+
+
 def make_stack(cell: str, D: int, hidden_sizes, rng: np.random.Generator, dtype=np.float32, **opts):
     """A stack of `cell` layers ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")."""
     if cell not in CELLS:

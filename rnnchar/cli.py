@@ -25,12 +25,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
-from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds
+from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds, run_dir_option
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .finetune import base_config
 from .model import ShapeError
-from .runs import RunLock, load_model
+from .runs import RunLock, load_model, run_files
 from .train import TrainingDiverged, open_trainer, train
 
 log = logging.getLogger("rnnchar")
@@ -115,6 +115,15 @@ def _corpus_option(corpus: str) -> str:
     return str(Path(corpus).resolve())
 
 
+def _best_note(summary, cfg) -> str:
+    """The end of the final log line: the best validation score, or why there is no best.npz."""
+    if math.isfinite(summary.best_val_bpc):
+        return f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz"
+    if summary.history:  # evaluations ran, but there was nothing to validate on
+        return f"; no validation score (data.val_fraction={cfg.data.val_fraction}), so no best.npz"
+    return ""
+
+
 def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
     """Train with Ctrl-C/SIGTERM turned into a stop flag; divergence says what to try."""
     flag = _StopFlag()
@@ -139,7 +148,7 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
 @click.option("--corpus", metavar="FILE|-", help="Training text (overrides data.corpus); - reads stdin.")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a config key (repeatable; the value is read as YAML).")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--run-dir", type=click.Path(path_type=Path), callback=run_dir_option,
               help="Where checkpoints and metrics go [default: runs/<config name>].")
 @click.option("--resume", is_flag=True, help="Continue exactly from <run-dir>/last.npz.")
 @click.option("--more", type=click.IntRange(min=0), metavar="N",
@@ -184,10 +193,11 @@ def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, over
     default = f"{init_from.parent.name}-finetune" if init_from else path.stem if path else "default"
     run_dir = run_dir or Path("runs") / default
     with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
-        if (run_dir / "last.npz").exists() and not (resume or overwrite):
+        held = run_files(run_dir)
+        if held and not (resume or overwrite):
             raise click.ClickException(
-                f"{run_dir} already holds a checkpoint: pass --resume to continue it, --overwrite to start "
-                "afresh, or --run-dir to train somewhere else")
+                f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+                "--overwrite to start afresh, or --run-dir to train somewhere else")
         log.info("config:\n%s", config_to_yaml(cfg).rstrip())
         trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
         if overwrite:  # open_trainer already emptied metrics.jsonl
@@ -203,8 +213,7 @@ def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, over
         click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
                    "(continue with --resume)", err=True)
         raise click.exceptions.Exit(130)
-    best = f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz" if summary.history else ""
-    log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best)
+    log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", _best_note(summary, cfg))
 
 
 @main.command("sample")

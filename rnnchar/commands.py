@@ -61,6 +61,19 @@ def finite_float(ctx, param, value):
     return value
 
 
+def run_dir_option(ctx, param, value: Path | None) -> Path | None:
+    """--run-dir must be (or become) a directory: naming a file, or a path through one, is a bad value."""
+    if value is None:
+        return value
+    for part in (value, *value.parents):  # the nearest part that exists must be a directory
+        if os.path.lexists(part):
+            if not part.is_dir():
+                what = "is a file" if part == value else f"goes through {part}, which is a file"
+                raise click.BadParameter(f"{value} {what}, not a directory; choose another run directory")
+            break
+    return value
+
+
 def echo_stream(pieces) -> None:
     """Write pieces to stdout as they come (a sample streams as it is generated)."""
     out = sys.stdout

@@ -1,7 +1,7 @@
 """YAML -> typed, validated config: defaults <- YAML file <- ``section.key=value`` overrides.
 
 Defaults, validation rules and help text live in one place, the dataclasses below.
-PyYAML is used through ``safe_load`` only, so a config can never run code::
+PyYAML is used through its SafeLoader only (safeyaml.py), so a config can never run code::
 
     cfg = load_config("lstm.yaml", ["train.steps=5000", "model.hidden_sizes=[64, 48]"])
 """
@@ -25,6 +25,7 @@ import yaml
 from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
 from .optim import OPTIMIZERS
+from .safeyaml import YamlRefused, clipped, load_yaml, shown
 
 
 class ConfigError(ValueError):
@@ -107,7 +108,7 @@ class _Section:
             try:
                 setattr(self, f.name, f.metadata["check"](value))
             except _Bad as bad:
-                raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {value!r}") from None
+                raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {shown(value)}") from None
 
 
 @dataclass
@@ -197,6 +198,8 @@ ALL_KEYS: list[str] = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in f
 
 def _suggest(name: str) -> str:
     """' (did you mean 'x.y'?)' for the closest valid key or section, else ''."""
+    if len(name) > 100:  # no key is that long; and difflib's cost grows with the length
+        return ""
     bare = name.rsplit(".", 1)[-1]
     same_key = [k for k in ALL_KEYS if k.endswith("." + bare)]
     match = same_key or difflib.get_close_matches(name, ALL_KEYS + list(SECTIONS), n=1)
@@ -206,9 +209,9 @@ def _suggest(name: str) -> str:
 def _check_known(section: Any, key: Any = None) -> None:
     if section not in SECTIONS:
         hint = _suggest(str(section)) or f" (sections: {', '.join(SECTIONS)})"
-        raise ConfigError(f"unknown section '{section}'{hint}")
+        raise ConfigError(f"unknown section '{clipped(str(section))}'{hint}")
     if key is not None and f"{section}.{key}" not in ALL_KEYS:
-        raise ConfigError(f"unknown key '{section}.{key}'{_suggest(f'{section}.{key}')}")
+        raise ConfigError(f"unknown key '{clipped(f'{section}.{key}')}'{_suggest(f'{section}.{key}')}")
 
 
 def _build(raw: Any, where: str = "config") -> Config:
@@ -220,7 +223,8 @@ def _build(raw: Any, where: str = "config") -> Config:
         try:
             _check_known(section)
             if values is not None and not isinstance(values, dict):
-                raise ConfigError(f"section '{section}' must be a mapping of keys, got {values!r}")
+                raise ConfigError(f"section '{clipped(str(section))}' must be a mapping of keys, got "
+                                  f"{shown(values)}")
             for key in values or {}:
                 _check_known(section, key)
         except ConfigError as err:
@@ -267,16 +271,20 @@ def resolve_config_path(name: str) -> Path:
                       f"(bundled configs: {', '.join(names) or 'none'}){hint}")
 
 
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return load_yaml(text, where)
+    except YamlRefused as err:
+        raise ConfigError(str(err)) from None
+
+
 def _read_yaml(path: Path) -> Any:
     """Safely parse a config file into {section: {key: value}}; corpus made absolute."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.constructor.ConstructorError as err:
-        raise ConfigError(f"{path}: unsupported YAML tag (plain YAML only): {err.problem}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read config: {err}") from None
+    raw = _yaml(text, str(path))
     raw = {} if raw is None else raw
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict) and isinstance(data.get("corpus"), str) and data["corpus"] not in ("", "-"):
@@ -296,16 +304,13 @@ def _apply_override(raw: dict, item: str) -> None:
     dotted, eq, text = item.partition("=")
     section, dot, key = dotted.strip().partition(".")
     if not eq or not dot or not key or "." in key:
-        raise ConfigError(f"override '{item}': expected section.key=value (e.g. train.steps=5000)"
+        raise ConfigError(f"override '{clipped(item)}': expected section.key=value (e.g. train.steps=5000)"
                           f"{_suggest(dotted.strip()) if dotted.strip() else ''}")
     _check_known(section, key)
     if (section, key) == ("data", "corpus"):  # a path, kept as text, relative to the cwd
         value = _corpus_from_text(text.strip())
     else:
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override '{item}': value is not valid YAML: {err}") from None
+        value = _yaml(text, f"override '{clipped(item)}': value")
     if raw.get(section) is None:
         raw[section] = {}
     if isinstance(raw[section], dict):  # else _build reports the broken section

@@ -23,7 +23,7 @@ class TooLong(ValueError):
 
 
 def not_regular(path) -> str | None:
-    """None if `path` is a regular file (symlinks followed), else why not: missing, a directory, a FIFO..."""
+    """None for a regular file (symlinks followed), else why not: "no such file", "it is a FIFO"..."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -35,7 +35,7 @@ def not_regular(path) -> str | None:
     kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-    return f"it is {kind}, not a regular file"
+    return f"it is {kind}"
 
 
 def read_capped(binary_stream, cap: int, name: str) -> bytearray:

@@ -29,6 +29,7 @@ from .config import Config, ConfigError, config_from_dict
 from .corpus import Corpus, load_corpus
 from .data import DataError, Vocab
 from .model import CharModel, ShapeError
+from .runs import checkpoint_shapes
 
 log = logging.getLogger("rnnchar")
 SHAPE_KEYS = ("cell", "hidden_sizes", "embed_size", "activation", "gate")  # what the weights must agree on
@@ -37,7 +38,7 @@ COLUMNS_BY_ID = {"decoder.W": 1, "decoder.b": 1}
 
 
 def _read(path: Path) -> tuple[Checkpoint, Config, Vocab]:
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before any array is read
     try:
         return ckpt, config_from_dict(ckpt.config), Vocab.from_array(ckpt.vocab)
     except (ValueError, DataError) as err:
@@ -46,7 +47,7 @@ def _read(path: Path) -> tuple[Checkpoint, Config, Vocab]:
 
 def base_config(path: Path) -> dict:
     """The checkpoint's config as a plain mapping, with the schedule horizon left to the new run."""
-    raw = copy.deepcopy(load_checkpoint(path).config)
+    raw = copy.deepcopy(load_checkpoint(path, checkpoint_shapes).config)
     if isinstance(raw.get("train"), dict):
         raw["train"].pop("lr_decay_steps", None)  # the new run's own train.steps decides it
     return raw

@@ -160,8 +160,8 @@ def encode_file_to_ids(path, vocab: Vocab | None, min_count: int, cache_dir,
     if str(path) == "-":
         raise DataError("a stream corpus to encode must be a file, not stdin (-)")
     path = Path(path)
-    if (why := not_regular(path)) is not None:  # a FIFO would block the second pass, /dev/zero never ends
-        raise DataError(f"cannot read {path}: {why}")
+    if path.exists() and (why := not_regular(path)) is not None:  # a FIFO blocks pass 2, /dev/zero never ends
+        raise DataError(f"{path} is not a regular file: {why}")
     digest = _content_digest(path, chunk_chars)
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     vocab_key = _key(digest, f"min_count={min_count}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import make_stack
+from .cells import make_stack, stack_shapes
 from .graph import Graph, Mat
 
 
@@ -32,6 +32,15 @@ class LossResult:
     n_chars: int         # predicted characters (mask sum)
     state: list          # final hidden state, detached numpy arrays, for truncated BPTT
     graph: Graph
+
+
+def param_shapes(vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
+                 gate: str = "scalar", **_init) -> dict[str, tuple[int, int]]:
+    """{name: shape} of CharModel(vocab_size, cell, ...)'s parameters, without building it."""
+    shapes = {"embed.W": (vocab_size, embed_size)}
+    shapes.update(stack_shapes(cell, embed_size, list(hidden_sizes), gate))
+    shapes.update({"decoder.W": (hidden_sizes[-1], vocab_size), "decoder.b": (1, vocab_size)})
+    return shapes
 
 
 class CharModel:

@@ -9,16 +9,32 @@ from __future__ import annotations
 
 import fcntl
 import os
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
+from .cells import state_shapes
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, build_model, config_from_dict
 from .data import DataError, Vocab
-from .model import CharModel, ShapeError
+from .model import CharModel, ShapeError, param_shapes
+
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")  # any of them: the directory holds a run
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """Which of RUN_FILES are in `run_dir` (also as a directory or a dangling link)."""
+    return [name for name in RUN_FILES if os.path.lexists(run_dir / name)]
 
 
 class RunLock:
-    """An exclusive lock on <run_dir>/.lock, released when the process ends, even by kill -9."""
+    """An exclusive flock on the run directory itself, released when the process ends (even kill -9).
+
+    The lock lives on the directory's inode, not on a file in it, so no leftover or deleted file
+    can defeat it. `.lock` only tells a refused second training the holder's pid; it is removed
+    on exit, and one left by kill -9 means nothing.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir, self.fd = run_dir, None
@@ -26,7 +42,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
             why = "a file is in the way" if isinstance(err, (FileExistsError, NotADirectoryError)) else ""
             raise CheckpointError(f"cannot use {self.run_dir} as the run directory: "
@@ -34,34 +50,66 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise CheckpointError(f"another training (pid {holder}) is using {self.run_dir}; wait for it "
-                                  "to finish or choose another --run-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            raise CheckpointError(f"another training (pid {self._holder()}) is using {self.run_dir}; wait "
+                                  "for it to finish or choose another --run-dir") from None
         self.fd = fd
-        for tmp in [*self.run_dir.glob(".*.npz.*.tmp"), *self.run_dir.glob("cache/.*.tmp.npy")]:
+        try:
+            (self.run_dir / ".lock").write_text(f"{os.getpid()}\n", encoding="utf-8")
+        except OSError:
+            pass  # only a courtesy for the message above; the lock holds without it
+        for tmp in [*self.run_dir.glob(".*.tmp"), *self.run_dir.glob("cache/.*.tmp.npy")]:
             tmp.unlink(missing_ok=True)  # left by a kill -9 mid-write; only the lock holder writes here
         return self
 
+    def _holder(self) -> str:
+        try:
+            return (self.run_dir / ".lock").read_text(encoding="utf-8", errors="replace").strip()[:20] or "?"
+        except OSError:
+            return "?"
+
     def __exit__(self, *exc) -> None:
+        try:
+            (self.run_dir / ".lock").unlink(missing_ok=True)  # still ours: we hold the lock
+        except OSError:
+            pass
         os.close(self.fd)  # closing releases the lock
 
 
 def find_checkpoint(root: Path) -> Path:
     """The most recently updated run under `root`: its best.npz, else its last.npz."""
-    runs = [d for d in root.glob("*") if (d / "best.npz").exists() or (d / "last.npz").exists()]
-    if not runs:
+    found = {}
+    for run in root.glob("*"):  # a dangling link or an unreadable entry is not a run: skip it
+        for name in ("best.npz", "last.npz"):
+            try:
+                if (run / name).is_file():
+                    found.setdefault(run, []).append((run / name, (run / name).stat().st_mtime))
+            except OSError:
+                pass
+    if not found:
         raise CheckpointError(f"no checkpoint found under ./{root}: train one with `rnnchar train` or pass "
                               "--checkpoint")
-    newest = max(runs, key=lambda d: max(p.stat().st_mtime for p in d.glob("*.npz")))
-    return newest / "best.npz" if (newest / "best.npz").exists() else newest / "last.npz"
+    newest = max(found.values(), key=lambda files: max(mtime for _, mtime in files))
+    return newest[0][0]  # best.npz if the run has one
+
+
+def checkpoint_shapes(config: dict, vocab: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """{member: shape} a checkpoint's arrays must have given its own stored config and vocabulary, by
+    arithmetic: load_checkpoint checks them before reading them or building anything. The carried
+    stream state ("carry/<j>/<k>") is listed when the config carries one. ValueError (ConfigError,
+    DataError) if the config or vocabulary is invalid."""
+    cfg = config_from_dict(config)
+    sizes = param_shapes(len(Vocab.from_array(vocab)), **asdict(cfg.model))
+    shapes = {f"param/{name}": shape for name, shape in sizes.items()}
+    if cfg.data.mode == "stream" and cfg.data.stream_order == "sequential":
+        for j, layer in enumerate(state_shapes(cfg.model.cell, cfg.model.hidden_sizes, cfg.data.batch_size)):
+            shapes.update({f"carry/{j}/{k}": shape for k, shape in enumerate(layer)})
+    return shapes
 
 
 def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
     """The model, vocabulary and config stored in a checkpoint (validated, never unpickled)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before the model is built
     try:
         cfg = config_from_dict(ckpt.config)
         vocab = Vocab.from_array(ckpt.vocab)

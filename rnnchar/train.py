@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +34,7 @@ from .evaluate import batch_nats, perplexity
 from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
+from .runs import checkpoint_shapes
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
@@ -87,7 +89,7 @@ class Trainer:
         try:
             self.rng.bit_generator.state = ckpt.rng_state
             self.best_val_nats = float(ckpt.meta.get("best_val_loss", math.inf))
-        except (TypeError, ValueError, KeyError) as err:
+        except (TypeError, ValueError, KeyError, OverflowError) as err:  # OverflowError: a state of 2**200
             raise ValueError(f"the stored RNG state or best validation loss is invalid: {err}") from None
         self.step, self.history = ckpt.step, list(ckpt.history)
 
@@ -185,10 +187,46 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
     return rec
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
+                              "(if any) is untouched") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _rewrite_metrics(trainer: Trainer) -> None:
     """metrics.jsonl as of the checkpoint: drop evaluations made after it (a crash, Ctrl-C)."""
-    with open(trainer.run_dir / "metrics.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in trainer.history)
+    _write_atomic(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
+
+
+def _check_run_files(run_dir: Path) -> None:
+    """Before anything is written: every file a run writes must be a file (or absent)."""
+    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise CheckpointError(f"{path} is {what}: move it out of the way or choose another --run-dir; "
+                                  "nothing in the run directory was changed")
+
+
+def _nothing_to_resume(run_dir: Path) -> CheckpointError:
+    """The error for --resume without last.npz, saying what the directory does hold."""
+    path = run_dir / "last.npz"
+    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
+    if "best.npz" in found:
+        return CheckpointError(
+            f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
+            "stopped before its first last.npz). To continue from the best checkpoint, copy "
+            f"{run_dir}/best.npz to {path} and pass --resume again; to start afresh, pass --overwrite")
+    held = f" ({run_dir} holds only {found[0]})" if found else ""
+    return CheckpointError(f"nothing to resume: {path} does not exist{held}; pass --overwrite (or drop "
+                           "--resume) to start afresh")
 
 
 def _resume_diffs(old: Config, cfg: Config) -> list[str]:
@@ -227,12 +265,13 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
     `more` sets train.steps to the checkpoint's step plus `more`; `init_from` starts a new run from
     another checkpoint's weights (finetune.py)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_files(run_dir)
     ckpt = vocab = old = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
-            raise CheckpointError(f"nothing to resume: {path} does not exist (drop --resume to start afresh)")
-        ckpt = load_checkpoint(path)
+            raise _nothing_to_resume(run_dir)
+        ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before anything is built
         try:
             old = config_from_dict(ckpt.config)
             vocab = Vocab.from_array(ckpt.vocab)
@@ -259,7 +298,7 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
         if ckpt is None:
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
-    (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")  # only once accepted
+    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
     _rewrite_metrics(trainer)
     return trainer
 

@@ -255,3 +255,17 @@ def test_tiny_lstm_memorises_a_few_sentences():
     bits = train(model, inputs, targets, mask, steps=120, lr=0.03) / math.log(2)
     # the first character (which of 4 sentences) costs 2 bits per sentence at best: 8 / 190 = 0.04 bits
     assert bits < 0.1, bits
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
+@pytest.mark.parametrize("sizes", [[5], [3, 6, 2]])
+def test_param_shapes_are_the_built_models(cell, gate, sizes):
+    """The shape table that checks a checkpoint before a model is built matches the model, name for name."""
+    from rnnchar.cells import state_shapes
+    from rnnchar.model import param_shapes
+
+    model = CharModel(V, cell, sizes, E, gate=gate, rng=np.random.default_rng(0))
+    assert param_shapes(V, cell, sizes, E, gate=gate, dtype="float64") == {
+        k: p.shape for k, p in model.params.items()}
+    assert state_shapes(cell, sizes, 2) == [tuple(a.shape for a in s) for s in model.zero_state(2)]

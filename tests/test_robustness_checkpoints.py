@@ -114,13 +114,14 @@ def test_resume_refuses_what_does_not_fit(bad):
     bad_config = json.loads(str(z["config_json"]))
     bad_config["model"]["cell"] = "transformer"
     variants = {  # run dir: (source checkpoint, changes, extra args, message fragments)
-        "slot": (good, {"opt/cache/embed.W": z["opt/cache/embed.W"][:2]}, [], ["slot cache/embed.W"]),
+        "slot": (good, {"opt/cache/embed.W": z["opt/cache/embed.W"][:2]}, [],
+                 ["'opt/cache/embed.W' has shape (2, 4)"]),
         "rng": (good, {"meta_json": _meta(z, rng_state={"bit_generator": "MT19937"})}, [], ["RNG state"]),
         "step": (good, {"meta_json": _meta(z, step=-4)}, [], ["step counter is negative"]),
         "config": (good, {"config_json": np.array(json.dumps(bad_config))}, [],
                    ["stored config", "'transformer'"]),
         "carry": (bad / "stream/last.npz", {"carry/0/0": zs["carry/0/0"][:, :3]}, STREAM,
-                  ["carried stream state"]),
+                  ["'carry/0/0' has shape (2, 3)", "(2, 8)"]),
         "hidden": (good, {}, ["--set", "model.hidden_sizes=[6]"],
                    ["different model", "model.hidden_sizes: [8] in the checkpoint, [6] now"]),
         "cell": (good, {}, ["--set", "model.cell=gru"], ["model.cell: 'lstm' in the checkpoint, 'gru' now"]),

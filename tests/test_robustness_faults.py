@@ -94,18 +94,23 @@ def test_kill_9_leaves_the_previous_checkpoint_loadable(work):
 
 
 def test_unusable_run_directory_exit_1(work):
-    (work / "afile").write_text("I am a file\n")
-    r = run_many({"under-file": _train(run_dir="afile/run"), "proc": _train(run_dir="/proc/rnnchar")}, work)
-    assert_fails(r["under-file"], 1, "afile/run", "run directory", "a file is in the way", "--run-dir")
+    """A run directory that cannot be created (a --run-dir naming a file is exit 2: test_robustness_runs)."""
+    (work / "runs").write_text("I am a file\n")  # the default runs/<name> cannot be made
+    r = run_many({"under-file": ["train", "--corpus", "c.txt", *TINY],
+                  "proc": _train(run_dir="/proc/rnnchar")}, work)
+    assert_fails(r["under-file"], 1, "runs/default", "run directory", "a file is in the way", "--run-dir")
     assert_fails(r["proc"], 1, "/proc/rnnchar", "run directory", "--run-dir")
 
 
 DISK_FULL = """
 import errno, os, sys
 import numpy as np
+real_replace = os.replace
 def full(*args, **kw):
     if {where!r} == "savez":  # a partial write first, as a real full disk does
         args[0].write(b"PK partial")
+    elif not str(args[1]).endswith(".npz"):  # config.yaml, metrics.jsonl: the disk fills later
+        return real_replace(*args, **kw)
     raise OSError(errno.ENOSPC, "No space left on device")
 if {where!r} == "savez":
     np.savez = full

@@ -186,4 +186,4 @@ def test_fifos_are_refused_where_a_file_is_seeked_or_read_twice(trained):
     (work / "fr").mkdir()
     os.mkfifo(work / "fr/last.npz")
     r = cli("train", "--corpus", "c.txt", *TINY, "--resume", "--run-dir", "fr", cwd=work, timeout=20)
-    assert_fails(r, 1, "FIFO")
+    assert_fails(r, 1, "last.npz is not a regular file")
