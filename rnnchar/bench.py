@@ -6,6 +6,8 @@
     python -m rnnchar.bench --only demo --quick       # a few steps, to see that it runs
 
 Workloads (figures to compare with: shared/bench/README.md): demo, small, large, gf, quality, memory.
+Each small and large run has a "ceiling" run beside it: the same matrix products alone (ceiling.py),
+and a ratio line rnnchar/ceiling says how close training comes to what NumPy's BLAS allows.
 Each measurement runs in its own subprocess with OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is
 imported, so `peak_rss_mb` (ru_maxrss) is that run's own. `chars_per_sec` counts training steps only
 (forward, backward, update) after `warmup` steps; evaluation is not timed; `steps` includes the
@@ -60,10 +62,10 @@ def plan(name: str, args) -> list[list[dict]]:
         return [[job(name, "lstm", 1, **s(300, 10), batch=1, **demo, torch_seq=64)],
                 [job(name, "lstm", 1, **s(40, 5), batch=32, **demo, torch=False)]]
     if name == "small":
-        return [[job(name, c, t, **s(200, 10), **SMALL)] for c, t in
-                (("lstm", 1), ("lstm", 2), ("gru", 2), ("rnn", 2))]
+        return [[job(name, c, t, **s(200, 10), **SMALL, ceiling=True)] for c, t in
+                (("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2), ("rnn", 1), ("rnn", 2))]
     if name == "large":
-        return [[job(name, "lstm", 2, **s(15, 3), **LARGE)]]
+        return [[job(name, "lstm", t, **s(15, 3), **LARGE, ceiling=True)] for t in (1, 2)]
     if name == "gf":
         return [[job(name, c, 2, **s(100, 5), **SMALL, torch=False) for c in ("lstm", "gf-lstm", "gf-gru")]]
     if name == "quality":
@@ -105,6 +107,9 @@ def _rss_now() -> dict:
 
 def measure(spec: dict) -> dict:
     """Train for spec['steps'] steps in a temporary run directory (runs inside the subprocess)."""
+    if spec.get("ceiling_run"):  # the same products alone
+        from .ceiling import ceiling_of_job
+        return {"chars_per_sec": round(ceiling_of_job(spec), 1), "peak_rss_mb": _peak()}
     from .config import load_config
     from .train import open_trainer
 
@@ -152,7 +157,8 @@ def run_one(spec: dict, system: str, args) -> dict | None:
     if system == "torch":
         cmd = _torch_cmd(spec, args)
     else:
-        cmd = [sys.executable, "-m", "rnnchar.bench", "--worker", json.dumps(spec)]
+        worker = {**spec, "ceiling_run": system == "ceiling"}
+        cmd = [sys.executable, "-m", "rnnchar.bench", "--worker", json.dumps(worker)]
     t0 = time.perf_counter()
     env = {**os.environ, **{v: str(spec["threads"]) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                                "MKL_NUM_THREADS")}}  # read when numpy loads
@@ -204,13 +210,18 @@ def _summarise(spec: dict, runs: dict, repeats: int) -> dict:
         if None not in bpc.values():
             line.update(rnnchar_val_bpc=bpc["rnnchar"], torch_val_bpc=bpc["torch"])
         emit(line)
+    if med.get("rnnchar") and med.get("ceiling"):
+        emit({"kind": "ratio", **{k: spec[k] for k in SHOWN}, "system": "rnnchar/ceiling",
+              "ratio": round(med["rnnchar"] / med["ceiling"], 3), "ceiling_chars_per_sec": med["ceiling"]})
     return med
 
 
 def run_group(group: list[dict], args) -> list:
     """Repeats outermost, systems interleaved: r, t, r, t, ...; returns the rnnchar medians, in order."""
-    systems = ["rnnchar", "torch"] if args.torch_python else ["rnnchar"]
-    runs = {id(spec): {s: [] for s in systems if s == "rnnchar" or spec["torch"]} for spec in group}
+    systems = ["rnnchar", "torch", "ceiling"] if args.torch_python else ["rnnchar", "ceiling"]
+    wanted = {"rnnchar": lambda spec: True, "torch": lambda spec: spec["torch"],
+              "ceiling": lambda spec: spec.get("ceiling", False)}
+    runs = {id(spec): {s: [] for s in systems if wanted[s](spec)} for spec in group}
     for repeat in range(args.repeats):
         for spec in group:
             for system in runs[id(spec)]:
@@ -267,7 +278,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=0, help="optimizer steps a run, for every workload")
     p.add_argument("--torch-python", default=None, help="python with torch: also run torch_ref.py")
     p.add_argument("--torch-ref", type=Path, default=None, help="default: ../bench/torch_ref.py")
-    p.add_argument("--corpora-dir", type=Path, default=REPO.parent / "shared" / "corpora")
+    p.add_argument("--corpora-dir", type=Path, default=None,
+                   help="folder with tinyshakespeare.txt and sherlock-holmes-sentences.txt "
+                        "(default: ../shared/corpora beside the repository, if there is one)")
     p.add_argument("--scale-mb", type=float, default=None, help="big corpus (default 500 MiB)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -276,7 +289,8 @@ def parse_args(argv=None):
         p.error(f"unknown workload {bad}: choose from {', '.join(WORKLOADS)}")
     if args.repeats < 1 or args.steps < 0:
         p.error("--repeats must be at least 1 and --steps non-negative")
-    args.corpora_dir = args.corpora_dir.resolve()
+    shared = REPO.parent / "shared" / "corpora"
+    args.corpora_dir = (args.corpora_dir or (shared if shared.is_dir() else Path("corpora"))).resolve()
     args.torch_ref = str(args.torch_ref or args.corpora_dir.parent / "bench" / "torch_ref.py")
     args.scale_mb = args.scale_mb or (4 if args.quick else 500)
     args.failed = 0

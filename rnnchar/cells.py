@@ -2,19 +2,22 @@
 
 Every cell works on a batch: input (B, D), state a tuple of (B, H) Mats whose
 first entry is the output h. A stack turns a time-major input (T*B, D) into
-the top layer's outputs, one (B, H) Mat per step.
+the top layer's outputs for every step, one (T*B, H) Mat.
 
     stack = make_stack("lstm", D=32, hidden_sizes=[128, 64], rng=rng)
-    outs, state = stack.forward(graph, x, T, B, stack.zero_state(B))
+    top, state = stack.forward(graph, x, T, B, stack.zero_state(B))   # top: (T*B, H)
 
-Plain stacks run layer by layer, so a layer's input projection for all T
-steps is one product. Gated-feedback stacks (Chung et al. 2015,
-arXiv:1502.02367) run step by step, because layer j reads every layer's
-previous state h*_{t-1} through global reset gates
-g(i->j) = sigmoid(x_j . w_g + h*_{t-1} . u_g); the gated sum
+Plain stacks run layer by layer, each layer as one whole-sequence graph op
+(`Layer.run`: `lstm_layer`, `gru_layer`, `rnn_layer` in sequence.py). The
+per-step path (`Layer.step`, from fused and primitive ops) computes the same
+functions and serves gated feedback; tests hold the two to each other.
+Gated-feedback stacks (Chung et al. 2015, arXiv:1502.02367) run step by step,
+because layer j reads every layer's previous state h*_{t-1} through global
+reset gates g(i->j) = sigmoid(x_j . w_g + h*_{t-1} . u_g); the gated sum
 sum_i g(i->j) * (h_i U(i->j)) replaces the recurrent term of the tanh state
 (gf-rnn), of the GRU candidate inside the reset gate (gf-gru), or of the LSTM
-cell candidate (gf-lstm). Layer sizes may differ. Only numpy is imported here.
+cell candidate (gf-lstm). Layer sizes may differ. Imports numpy and the
+standard library only.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from .graph import Graph, Mat
 CELLS = ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
 GATES = ("scalar", "vector")  # gated feedback: one gate per layer pair (paper), or one per unit
 ACTIVATIONS = ("tanh", "relu")  # rnn / gf-rnn nonlinearity
-BLOCKS = {"rnn": 1, "gru": 3, "lstm": 4}  # (B, H) blocks in a cell's input projection
+# (B, H) column blocks of a cell's matrices: its input projection Wx; its recurrent Wh in a plain
+# stack; its Wh under gated feedback, where the candidate's recurrent term comes through U(i->j)
+BLOCKS = {"rnn": (1, 1, 0), "gru": (3, 2, 2), "lstm": (4, 4, 3)}
 
 
-def _weight(rows: int, cols: int, fan: int, init_scale: float, rng, dtype) -> Mat:
+def init_weight(rows: int, cols: int, fan: int, init_scale: float, rng, dtype) -> Mat:
     """U(-1/sqrt(fan), 1/sqrt(fan)) like PyTorch's RNNs, or N(0, init_scale) like RecurrentJS."""
     if init_scale > 0:
         return Mat.randn(rows, cols, init_scale, rng, dtype)
@@ -42,17 +47,16 @@ class Layer:
     """One layer's parameters: Wx (D, G*H), b (1, G*H), and the recurrent matrix Wh."""
 
     def __init__(self, kind: str, D: int, H: int, rng, dtype, init_scale=0.0, forget_bias=1.0,
-                 activation="tanh", own_recurrent=None):
+                 activation="tanh", feedback=False):
         self.kind, self.D, self.H, self.activation = kind, D, H, activation
-        G = BLOCKS[kind]
-        # gf cells keep only the gates' recurrent part here; the candidate's comes through U(i->j)
-        R = own_recurrent if own_recurrent is not None else (2 if kind == "gru" else G) * H
-        self.params = {"Wx": _weight(D, G * H, H, init_scale, rng, dtype),
+        G, plain, gated = BLOCKS[kind]
+        R = (gated if feedback else plain) * H
+        self.params = {"Wx": init_weight(D, G * H, H, init_scale, rng, dtype),
                        "b": Mat.zeros(1, G * H, dtype)}
         if R:
-            self.params["Wh"] = _weight(H, R, H, init_scale, rng, dtype)
-        if kind == "gru" and own_recurrent is None:  # the candidate's own product, after reset
-            self.params["Whn"] = _weight(H, H, H, init_scale, rng, dtype)
+            self.params["Wh"] = init_weight(H, R, H, init_scale, rng, dtype)
+        if kind == "gru" and not feedback:  # the candidate's own product, after reset
+            self.params["Whn"] = init_weight(H, H, H, init_scale, rng, dtype)
         if kind == "lstm":  # gate order i, f, o, g: start with the forget gate open
             self.params["b"].w[0, H:2 * H] = forget_bias
 
@@ -63,6 +67,18 @@ class Layer:
     def zero_state(self, B: int, dtype) -> tuple:
         n = 2 if self.kind == "lstm" else 1
         return tuple(np.zeros((B, self.H), dtype) for _ in range(n))
+
+    def run(self, g: Graph, x: Mat, state: tuple) -> tuple[Mat, tuple]:
+        """Every step at once, one graph op: x (T*B, D) -> (h of every step (T*B, H), final state)."""
+        p, s = self.params, tuple(Mat(a) for a in state)
+        if self.kind == "lstm":
+            hs, h, c = g.lstm_layer(x, p["Wx"], p["b"], p["Wh"], *s)
+            return hs, (h, c)
+        if self.kind == "gru":
+            hs, h = g.gru_layer(x, p["Wx"], p["b"], p["Wh"], p["Whn"], *s)
+        else:
+            hs, h = g.rnn_layer(x, p["Wx"], p["b"], p["Wh"], *s, activation=self.activation)
+        return hs, (h,)
 
     def step(self, g: Graph, xp: Mat, state: tuple, rec: Mat | None = None) -> tuple:
         """Advance one step from xp = x Wx + b; `rec` replaces the candidate's recurrent term (gf)."""
@@ -104,19 +120,13 @@ class Stack:
     def zero_state(self, B: int, dtype=np.float32) -> list:
         return [layer.zero_state(B, dtype) for layer in self.layers]
 
-    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
+    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
+        """x (T*B, D) time-major -> the top layer's h of every step (T*B, H), and the final state."""
         new_state = []
         for layer, s in zip(self.layers, state):
-            g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Whn")))
-            xp = layer.input_proj(g, x)  # (T*B, G*H), one product for every step
-            s = tuple(Mat(a) for a in s)
-            outs = []
-            for t in range(T):
-                s = layer.step(g, g.rows(xp, t * B, (t + 1) * B), s)
-                outs.append(s[0])
+            x, s = layer.run(g, x, s)
             new_state.append(s)
-            x = g.stack_rows(*outs) if len(outs) > 1 else outs[0]
-        return outs, new_state
+        return x, new_state
 
 
 class GatedFeedbackStack:
@@ -126,16 +136,15 @@ class GatedFeedbackStack:
         base = kind[3:]
         L, sizes, total = len(hidden_sizes), list(hidden_sizes), sum(hidden_sizes)
         self.kind, self.gate, self.sizes, self.layers, self.params = base, gate, sizes, [], {}
-        own = {"rnn": 0, "gru": 2, "lstm": 3}[base]  # recurrent blocks the layer keeps for itself
         for j, H in enumerate(sizes):
-            layer = Layer(base, D, H, rng, dtype, init_scale=init_scale, own_recurrent=own * H, **opts)
+            layer = Layer(base, D, H, rng, dtype, init_scale=init_scale, feedback=True, **opts)
             width = L if gate == "scalar" else L * H  # one gate per source layer (per unit: vector)
             p = layer.params
-            p["Wg"] = _weight(D, width, D, init_scale, rng, dtype)       # x_j -> gates
-            p["Ug"] = _weight(total, width, total, init_scale, rng, dtype)  # h*_{t-1} -> gates
+            p["Wg"] = init_weight(D, width, D, init_scale, rng, dtype)       # x_j -> gates
+            p["Ug"] = init_weight(total, width, total, init_scale, rng, dtype)  # h*_{t-1} -> gates
             if gate == "vector":
                 p["bg"] = Mat.zeros(1, width, dtype)
-            p["U"] = _weight(total, H, H, init_scale, rng, dtype)  # rows of source i: U(i->j)
+            p["U"] = init_weight(total, H, H, init_scale, rng, dtype)  # rows of source i: U(i->j)
             self.layers.append(layer)
             self.params.update({f"layer{j}.{k}": m for k, m in p.items()})
             D = H
@@ -143,10 +152,10 @@ class GatedFeedbackStack:
     def zero_state(self, B: int, dtype=np.float32) -> list:
         return [layer.zero_state(B, dtype) for layer in self.layers]
 
-    def _gated_sum(self, g: Graph, j: int, x: Mat, hs: list[Mat], hstar: Mat) -> Mat:
-        """sum_i g(i->j) * (h_i U(i->j)), gates from layer j's input and h*_{t-1}."""
+    def _gated_sum(self, g: Graph, j: int, x_gate: Mat, hs: list[Mat], hstar: Mat) -> Mat:
+        """sum_i g(i->j) * (h_i U(i->j)), gates from layer j's input (x_gate = x_j Wg) and h*_{t-1}."""
         p, L, H = self.layers[j].params, len(self.sizes), self.sizes[j]
-        pre = g.add(g.matmul(x, p["Wg"]), g.matmul(hstar, p["Ug"]))
+        pre = g.add(x_gate, g.matmul(hstar, p["Ug"]))
         if self.gate == "scalar":  # (B, L): scale each source before one product with U stacked
             gates = g.sigmoid(pre)
             gated = [g.eltmul(g.columns(gates, i, i + 1), h) for i, h in enumerate(hs)]
@@ -160,11 +169,13 @@ class GatedFeedbackStack:
             out = g.add(out, term)
         return out
 
-    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[list[Mat], list]:
+    def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
+        """Step by step over all layers: the top layer's h of every step (T*B, H), and the final state."""
         state = [tuple(Mat(a) for a in s) for s in state]
         for layer in self.layers:  # weights used at every step: one gradient product each
             g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Ug", "U", "Wx", "Wg")))
-        xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step
+        xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step,
+        xg0 = g.matmul(x, self.layers[0].params["Wg"])  # and its gates' input term
         outs = []
         for t in range(T):
             hs = [s[0] for s in state]
@@ -172,23 +183,26 @@ class GatedFeedbackStack:
             inp = g.rows(x, t * B, (t + 1) * B)
             new = []
             for j, layer in enumerate(self.layers):
-                xp = g.rows(xp0, t * B, (t + 1) * B) if j == 0 else layer.input_proj(g, inp)
-                rec = self._gated_sum(g, j, inp, hs, hstar)
+                if j == 0:
+                    xp, x_gate = g.rows(xp0, t * B, (t + 1) * B), g.rows(xg0, t * B, (t + 1) * B)
+                else:
+                    xp, x_gate = layer.input_proj(g, inp), g.matmul(inp, layer.params["Wg"])
+                rec = self._gated_sum(g, j, x_gate, hs, hstar)
                 new.append(layer.step(g, xp, state[j], rec))
                 inp = new[-1][0]
             state = new
             outs.append(inp)
-        return outs, state
+        return (g.stack_rows(*outs) if T > 1 else outs[0]), state
 
 
 def stack_shapes(cell: str, D: int, hidden_sizes, gate: str = "scalar") -> dict[str, tuple[int, int]]:
     """Every parameter's shape in make_stack(cell, D, hidden_sizes), by arithmetic: nothing is allocated,
     so a checkpoint's arrays can be checked before a model of a hostile size is built."""
     base, gf = cell.removeprefix("gf-"), cell.startswith("gf-")
-    G, L, total = BLOCKS[base], len(hidden_sizes), sum(hidden_sizes)
+    (G, plain, gated), L, total = BLOCKS[base], len(hidden_sizes), sum(hidden_sizes)
     shapes = {}
     for j, H in enumerate(hidden_sizes):
-        R = {"rnn": 0, "gru": 2, "lstm": 3}[base] * H if gf else (2 if base == "gru" else G) * H
+        R = (gated if gf else plain) * H
         layer = {"Wx": (D, G * H), "b": (1, G * H)}
         if R:
             layer["Wh"] = (H, R)

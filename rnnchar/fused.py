@@ -1,45 +1,47 @@
-"""Fused recurrent-cell ops: one graph op for a cell's gate arithmetic instead of a dozen.
+"""Fused recurrent-cell ops: one graph op for one time step's gate arithmetic instead of a dozen.
 
-A mixin of `Graph`: each method computes its outputs at once and, when the
-graph records, appends one backward closure that reuses every forward
-intermediate. They are checked against finite differences with the other ops.
-Only numpy is imported here.
+A mixin of `Graph` (which provides `needs_backprop`, `tape` and `_record`): each
+method computes its outputs at once and records one backward closure through
+`Graph._record` that reuses every forward intermediate. The per-step cells
+(`cells.Layer.step`: sampling, gated feedback) use them; whole-sequence layers
+are in `sequence.py`. Checked against finite differences with the other ops.
+Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .mat import Mat, _acc, _gate_deriv, _gate_scale, _sigmoid_of_negated, _tanh
+from .mat import Mat, accumulate, half_columns, sigmoid_, squash_gates
+
+
+def gate_derivatives(act: np.ndarray, n: int) -> np.ndarray:
+    """From activation values: s (1 - s) for the first `n` (sigmoid) columns, 1 - t^2 for the rest (tanh)."""
+    d = 1 - act
+    d *= act
+    t = act[..., n:]
+    np.multiply(t, t, out=d[..., n:])
+    np.subtract(1, d[..., n:], out=d[..., n:])
+    return d
 
 
 class FusedOps:
-    """LSTM and GRU gate arithmetic (mixed into `Graph`, which provides `tape` and `_record`)."""
+    """LSTM and GRU gate arithmetic for one time step."""
 
     def lstm_gates(self, pre: Mat, c: Mat) -> tuple[Mat, Mat]:
         """Fused LSTM arithmetic on pre-activations (B, 4H) ordered i, f, o, g.
 
         i, f, o = sigmoid, g = tanh; c' = f * c + i * g; h' = o * tanh(c').
-        Returns (h', c'). One op instead of a dozen; one exp pass covers all
-        four blocks (tanh(x) = 2 sigmoid(2x) - 1), and backward reuses every
-        forward intermediate.
+        Returns (h', c'); one tanh pass covers all four blocks.
         """
         H = pre.shape[1] // 4
-        act = np.multiply(pre.w, _gate_scale(4 * H, pre.w.dtype))  # (B, 4H): -x, -x, -x, -2x
-        _sigmoid_of_negated(act)
-        g_blk = act[:, 3 * H:]
-        g_blk *= 2
-        g_blk -= 1
-        i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], g_blk
+        act = squash_gates(half_columns(pre.w, 3 * H), 3 * H)  # (B, 4H)
+        i, f, o, gg = act[:, :H], act[:, H:2 * H], act[:, 2 * H:3 * H], act[:, 3 * H:]
         c_new = f * c.w
         c_new += i * gg
-        tc = _tanh(c_new)
-        h_out, c_out = Mat(o * tc), Mat(c_new)
+        tc = np.tanh(c_new)
 
-        def step():
-            dh, dc = h_out._dw, c_out._dw
-            if dh is None and dc is None:
-                return
+        def back(dh, dc):
             dpre = np.empty_like(act)
             if dh is None:
                 dct = dc.copy()
@@ -54,52 +56,42 @@ class FusedOps:
             np.multiply(dct, gg, out=dpre[:, :H])
             np.multiply(dct, c.w, out=dpre[:, H:2 * H])
             np.multiply(dct, i, out=dpre[:, 3 * H:])
-            dpre *= _gate_deriv(act, gg)
-            _acc(pre, dpre, fresh=True)
+            dpre *= gate_derivatives(act, 3 * H)
+            accumulate(pre, dpre, donate=True)
             dct *= f
-            _acc(c, dct, fresh=True)
-        if self.needs_backprop:
-            self.tape.append(step)
-        return h_out, c_out
+            accumulate(c, dct, donate=True)
+        return self._record((Mat(o * tc), Mat(c_new)), back)
 
     def gru_reset(self, x_zr: Mat, rec: Mat, h: Mat) -> tuple[Mat, Mat]:
         """GRU gates: zr = sigmoid(x_zr + rec) (B, 2H) ordered z, r; returns (zr, r * h)."""
         H = h.shape[1]
-        zr = np.add(x_zr.w, rec.w)
-        np.negative(zr, out=zr)
-        _sigmoid_of_negated(zr)
+        zr = sigmoid_(np.add(x_zr.w, rec.w))
         r = zr[:, H:]
-        zr_out, rh_out = Mat(zr), Mat(r * h.w)
 
-        def step():
-            dzr, drh = zr_out._dw, rh_out._dw
-            if dzr is None and drh is None:
-                return
+        def back(dzr, drh):
             d = np.zeros_like(zr) if dzr is None else dzr.copy()
             if drh is not None:
                 d[:, H:] += drh * h.w
-                _acc(h, drh * r, fresh=True)
+                accumulate(h, drh * r, donate=True)
             d *= zr * (1 - zr)
-            _acc(x_zr, d)
-            _acc(rec, d, fresh=True)
-        if self.needs_backprop:
-            self.tape.append(step)
-        return zr_out, rh_out
+            accumulate(x_zr, d)
+            accumulate(rec, d, donate=True)
+        return self._record((Mat(zr), Mat(r * h.w)), back)
 
     def gru_update(self, x_n: Mat, rec: Mat, zr: Mat, h: Mat) -> Mat:
         """GRU candidate and blend: n = tanh(x_n + rec); h' = (1 - z) * h + z * n, z = zr[:, :H]."""
         H = h.shape[1]
-        n = _tanh(np.add(x_n.w, rec.w))
+        n = np.tanh(np.add(x_n.w, rec.w))
         z = zr.w[:, :H]
         out = Mat(h.w + z * (n - h.w))
 
         def back(d):
             dn = d * z
             dn *= 1 - n * n
-            _acc(x_n, dn)
-            _acc(rec, dn, fresh=True)
+            accumulate(x_n, dn)
+            accumulate(rec, dn, donate=True)
             dzr = np.zeros_like(zr.w)
             np.multiply(d, n - h.w, out=dzr[:, :H])
-            _acc(zr, dzr, fresh=True)
-            _acc(h, d * (1 - z), fresh=True)
+            accumulate(zr, dzr, donate=True)
+            accumulate(h, d * (1 - z), donate=True)
         return self._record(out, back)

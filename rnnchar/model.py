@@ -7,18 +7,18 @@
 
 The loss is summed over time steps and averaged over the batch, so batch 1
 reproduces RecurrentJS's numbers. Parameters have dotted names ("embed.W",
-"layer0.Wx", "decoder.W"). Only numpy is imported here.
+"layer0.Wx", "decoder.W"). Imports numpy and the standard library only.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import make_stack, stack_shapes
+from .cells import init_weight, make_stack, stack_shapes
 from .graph import Graph, Mat
+from .mat import FlatParams
 
 
 class ShapeError(ValueError):
@@ -58,10 +58,14 @@ class CharModel:
         embed = Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)
         self.params: dict[str, Mat] = {"embed.W": embed}
         self.params.update(self.stack.params)
-        scale = init_scale if init_scale > 0 else 1 / math.sqrt(H)
-        self.params["decoder.W"] = (Mat.randn(H, vocab_size, scale, rng, self.dtype) if init_scale > 0
-                                    else Mat.uniform(H, vocab_size, scale, rng, self.dtype))
+        self.params["decoder.W"] = init_weight(H, vocab_size, H, init_scale, rng, self.dtype)
         self.params["decoder.b"] = Mat.zeros(1, vocab_size, self.dtype)
+        self.params = FlatParams(self.params)  # every w and dw a view into one flat buffer each
+
+    @property
+    def flat_grad(self) -> np.ndarray:
+        """Every parameter's gradient in one flat array (the views' buffer): what data parallelism sums."""
+        return self.params.dw
 
     def zero_state(self, B: int) -> list:
         return self.stack.zero_state(B, self.dtype)
@@ -69,8 +73,7 @@ class CharModel:
     def _logits(self, g: Graph, ids: np.ndarray, state: list) -> tuple[Mat, list]:
         T, B = ids.shape
         x = g.embed(self.params["embed.W"], ids.reshape(-1))  # (T*B, E)
-        outs, state = self.stack.forward(g, x, T, B, state)
-        top = g.stack_rows(*outs) if len(outs) > 1 else outs[0]  # (T*B, H): one decoder product
+        top, state = self.stack.forward(g, x, T, B, state)  # (T*B, H): one decoder product
         logits = g.add(g.matmul(top, self.params["decoder.W"]), self.params["decoder.b"])  # (T*B, V)
         return logits, [tuple(m.w for m in s) for s in state]
 
@@ -100,8 +103,8 @@ class CharModel:
             a = np.asarray(arrays[name])
             if a.shape != p.shape:
                 raise ShapeError(f"parameter {name} has shape {a.shape}, the model needs {p.shape}")
-            p.w = a.astype(self.dtype, copy=True)
-            p._dw = None
+            p.w[...] = a  # into the flat buffer (cast to the model's dtype)
+            p.dw[...] = 0
 
     def n_params(self) -> int:
         return sum(p.w.size for p in self.params.values())

@@ -114,7 +114,9 @@ class Trainer:
             # the loss we differentiate (summed over steps) divided by the characters per row
             clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
         self.opt.step(model.params, lr_at(cfg, self.step), cfg.regc, cfg.clip)
-        if not all(np.isfinite(p.w).all() for p in model.params.values()):
+        # one pass over the flat parameters: NaN or inf anywhere makes the sum of squares non-finite,
+        # and so does any |w| > 1e19 in float32, which is divergence by then too
+        if not math.isfinite(float(np.vdot(model.params.w, model.params.w))):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
         self.carry = state if self.corpus.carries_state else None
         self.step += 1

@@ -90,3 +90,27 @@ def test_unknown_workload_is_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "rnnchar.bench", "--only", "smal"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "smal" in proc.stderr
+
+
+def test_ceiling_runs_beside_training_and_reports_a_ratio(corpora, monkeypatch):
+    spec = bench.job("tiny", "lstm", 1, emb=4, hidden=8, batch=2, seq=8, steps=3, warmup=1, torch=False,
+                     corpus_path=str(corpora / "tinyshakespeare.txt"), corpus="tinyshakespeare.txt",
+                     torch_corpus="", torch_seq=8, ceiling=True)
+    args = bench.parse_args(["--corpora-dir", str(corpora), "--repeats", "1"])
+    printed = []
+    monkeypatch.setattr(bench, "emit", printed.append)  # the group's lines, not stdout
+    bench.run_group([spec], args)
+    runs = [r for r in printed if r["kind"] == "run"]
+    assert [r["system"] for r in runs] == ["rnnchar", "ceiling"]
+    assert all(r["chars_per_sec"] > 0 for r in runs)
+    ratio = next(r for r in printed if r["system"] == "rnnchar/ceiling")
+    assert ratio["ratio"] == pytest.approx(runs[0]["chars_per_sec"] / runs[1]["chars_per_sec"], abs=1e-3)
+
+
+def test_corpora_default_to_shared_only_when_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "REPO", tmp_path / "repo")
+    monkeypatch.chdir(tmp_path)
+    assert bench.parse_args([]).corpora_dir == tmp_path / "corpora"  # no ../shared: a local folder
+    (tmp_path / "shared" / "corpora").mkdir(parents=True)
+    assert bench.parse_args([]).corpora_dir == tmp_path / "shared" / "corpora"
+    assert bench.parse_args(["--corpora-dir", "mine"]).corpora_dir == tmp_path / "mine"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnchar.cells import CELLS, make_stack
+from rnnchar.cells import CELLS, Layer, make_stack
+from rnnchar.graph import Graph, Mat
 from rnnchar.model import CharModel
 
 from gradcheck import directional_check, numeric_grad, rel_error
@@ -175,6 +176,59 @@ def test_plain_cells_match_numpy_forward_and_bptt(cell):
     assert set(expected) == set(model.params)
     for name, g in expected.items():
         assert np.allclose(model.params[name].dw, g, rtol=1e-10, atol=1e-13), name
+
+
+def stepped_layer(g, layer, x, T, B, state):
+    """The per-step path: Layer.step over every step, the input projection made once."""
+    xp = layer.input_proj(g, x)
+    s, outs = state, []
+    for t in range(T):
+        s = layer.step(g, g.rows(xp, t * B, (t + 1) * B), s)
+        outs.append(s[0])
+    return g.stack_rows(*outs), s
+
+
+def whole_layer(g, lay, x, state):
+    """The whole-sequence op with the initial state as Mats (so their gradients can be compared)."""
+    p = lay.params
+    if lay.kind == "lstm":
+        return g.lstm_layer(x, p["Wx"], p["b"], p["Wh"], *state)
+    if lay.kind == "gru":
+        return g.gru_layer(x, p["Wx"], p["b"], p["Wh"], p["Whn"], *state)
+    return g.rnn_layer(x, p["Wx"], p["b"], p["Wh"], *state, activation=lay.activation)
+
+
+@pytest.mark.parametrize("kind,activation", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"),
+                                             ("rnn", "relu")])
+def test_whole_sequence_layer_op_equals_the_per_step_cells(kind, activation):
+    """Outputs, final state and every gradient (weights, inputs, initial state) in float64."""
+    Tn, Bn, D, H = 5, 3, 4, 6
+    rng = np.random.default_rng(7)
+    lay = Layer(kind, D, H, rng, np.float64, activation=activation)
+    for p in lay.params.values():
+        p.w[...] = rng.normal(0, 0.5, p.shape)
+    x0 = rng.normal(0, 1, (Tn * Bn, D))
+    s0 = [rng.normal(0, 0.5, a.shape) for a in lay.zero_state(Bn, np.float64)]
+    proj = [rng.normal(0, 1, (Tn * Bn, H))] + [rng.normal(0, 1, (Bn, H)) for _ in s0]
+    results = []
+    for whole in (True, False):
+        for p in lay.params.values():
+            p.dw = np.zeros_like(p.w)
+        g, x, state = Graph(), Mat(x0.copy()), tuple(Mat(a.copy()) for a in s0)
+        if whole:
+            outs = whole_layer(g, lay, x, state)
+        else:
+            hs, final = stepped_layer(g, lay, x, Tn, Bn, state)
+            outs = (hs, *final)
+        for o, d in zip(outs, proj):
+            o.dw = d.copy()
+        g.backward()
+        grads = [x.dw.copy()] + [s.dw.copy() for s in state] + [p.dw.copy() for p in lay.params.values()]
+        results.append(([o.w.copy() for o in outs], grads))
+    (vals_a, grads_a), (vals_b, grads_b) = results
+    assert all(np.allclose(a, b, rtol=1e-12, atol=1e-13) for a, b in zip(vals_a, vals_b))
+    assert all(np.abs(a).max() > 0 for a in grads_a)
+    assert all(np.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(grads_a, grads_b))
 
 
 def saturate_gates(model, H, L):

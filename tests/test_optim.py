@@ -97,3 +97,22 @@ def test_float32_parameters_stay_float32():
         p.dw = GRADS[0].astype(np.float32)
         opt.step({"p": p}, lr=0.01, regc=1e-6, clip=5.0)
         assert p.w.dtype == np.float32
+
+
+def test_model_parameters_and_slots_live_in_one_flat_buffer():
+    from rnnchar.model import CharModel
+
+    model = CharModel(5, "lstm", [4, 3], 2, rng=np.random.default_rng(0))
+    flat = model.params
+    assert flat.w.size == model.n_params() and model.flat_grad is flat.dw
+    for p in flat.values():
+        assert np.shares_memory(p.w, flat.w) and np.shares_memory(p.dw, flat.dw)
+    ids = np.array([[0, 1], [2, 3], [4, 0]])
+    model.loss(ids[:-1], ids[1:]).graph.backward()
+    assert np.abs(model.flat_grad).max() > 0  # the ops accumulated into the views
+    opt = RMSProp()
+    before = flat.w.copy()
+    opt.step(flat, lr=0.01, clip=5.0)
+    assert not np.array_equal(before, flat.w) and not model.flat_grad.any()
+    assert set(opt.state) == {f"cache/{n}" for n in flat}
+    assert all(np.shares_memory(opt.state[f"cache/{n}"], opt._flat["cache"]) for n in flat)
