@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .comm import WorkerLost
 from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds, run_dir_option
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
@@ -32,6 +34,7 @@ from .finetune import base_config
 from .model import ShapeError
 from .runs import RunLock, load_model, run_files
 from .train import TrainingDiverged, open_trainer, train
+from .workers import data_parallel, join_mpi_job, open_as_worker, writer_setup
 
 log = logging.getLogger("rnnchar")
 MAX_SAMPLES = 100_000  # sample -n: the sentences are generated together, one row each
@@ -62,7 +65,7 @@ class _Cli(click.Group):
             return super().invoke(ctx)
         except ConfigError as e:
             raise click.UsageError(str(e), ctx) from None
-        except (DataError, CheckpointError, ShapeError, TrainingDiverged) as e:
+        except (DataError, CheckpointError, ShapeError, TrainingDiverged, WorkerLost) as e:
             raise click.ClickException(str(e)) from None
         except MemoryError:
             raise click.ClickException("out of memory: try a smaller model, batch or sample count") from None
@@ -124,15 +127,20 @@ def _best_note(summary, cfg) -> str:
     return ""
 
 
-def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
-    """Train with Ctrl-C/SIGTERM turned into a stop flag; divergence says what to try."""
+def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool, job, **opened):
+    """Train (alone, with local workers or as an MPI rank) with Ctrl-C/SIGTERM turned into a stop
+    flag; divergence says what to try, a lost worker what was kept. `opened`: how the run was
+    opened (resume, init_from), for the workers to open it the same way."""
     flag = _StopFlag()
     old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    last = run_dir / "last.npz"
     try:
-        with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss, not 20 warnings
+        with np.errstate(all="ignore"), data_parallel(trainer, job, **opened):  # overflow: non-finite loss
             return train(trainer, flag, quiet)
+    except WorkerLost as e:
+        kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
+        raise WorkerLost(f"{e}; training stopped at step {trainer.step} without saving: {kept}") from None
     except TrainingDiverged as e:
-        last = run_dir / "last.npz"
         kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
         raise TrainingDiverged(
             f"{e}. Try a lower train.lr (now {trainer.cfg.train.lr}) or turn on clipping (train.clip, "
@@ -157,7 +165,9 @@ def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool):
               help="Fine-tune: a new run from CKPT's weights (its config unless --config; fresh optimizer).")
 @click.option("--overwrite", is_flag=True, help="Start afresh even if the run directory holds a checkpoint.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
-def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet):
+@click.option("--workers", metavar="N|auto", help="Worker processes sharing each batch (sets train.workers); "
+              "under mpiexec every rank is one.")
+def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers):
     """Train a model; checkpoints go to runs/<config name>/ (last.npz, best.npz, metrics.jsonl).
 
     \b
@@ -166,11 +176,12 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overw
     rnnchar train --config lstm.yaml --resume --more 2000
     rnnchar train -c demo --set model.hidden_sizes=[64,64] --run-dir runs/wide
     rnnchar train --init-from runs/lstm/best.npz --corpus poems.txt --set train.steps=500
+    rnnchar train --config lstm.yaml --workers 2        # mpiexec -n 8 rnnchar train ...: 8 ranks
     """
     _setup_logging(quiet)
     old_term = signal.signal(signal.SIGTERM, _interrupt)  # while encoding the corpus: clean up, exit 130
     try:
-        _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet)
+        _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers)
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
@@ -179,7 +190,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet):
+def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     if more is not None and (not resume or any(s.strip().startswith("train.steps=") for s in sets)):
@@ -187,33 +198,50 @@ def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, over
     if init_from is not None and resume:
         raise click.UsageError("--init-from starts a new run; --resume continues one: pick one")
     path = resolve_config_path(config_name) if config_name else None
+    sets = sets + ((f"train.workers={workers}",) if workers is not None else ())
     cfg = load_config(path, sets, base=base_config(init_from) if init_from and not path else None)
     if corpus is not None:
         cfg.data.corpus = _corpus_option(corpus)
     default = f"{init_from.parent.name}-finetune" if init_from else path.stem if path else "default"
     run_dir = run_dir or Path("runs") / default
-    with RunLock(run_dir):  # first: "another training" says more than "already holds a checkpoint"
-        held = run_files(run_dir)
-        if held and not (resume or overwrite):
-            raise click.ClickException(
-                f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
-                "--overwrite to start afresh, or --run-dir to train somewhere else")
-        log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-        trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
-        if overwrite:  # open_trainer already emptied metrics.jsonl
-            for name in ("last.npz", "best.npz"):
-                (run_dir / name).unlink(missing_ok=True)
+    job = join_mpi_job(cfg)  # None unless under mpiexec with more than one rank
+    if job is not None and job.rank > 0:  # a quiet worker; rank 0 writes and reports
+        log.setLevel(logging.ERROR)
+        trainer = open_as_worker(job, cfg, run_dir, resume, more=more, init_from=init_from)
+        if _train_until_done_or_stopped(trainer, run_dir, True, job).interrupted:
+            raise click.exceptions.Exit(130)
+        return
+    with ExitStack() as lock:
+        with writer_setup(job):  # the other MPI ranks wait for this to succeed or fail
+            lock.enter_context(RunLock(run_dir))  # first: "another training" says more than "already
+            trainer = _open_run(cfg, run_dir, resume, overwrite, more, init_from)  # holds a run"
         log.info("%s; model %s %s with %s parameters; run directory %s", trainer.corpus.describe(),
                  cfg.model.cell, cfg.model.hidden_sizes, f"{trainer.model.n_params():,}", run_dir)
         if trainer.corpus.lines_split:
             log.warning("%d lines longer than data.max_line_len=%d were split into pieces",
                         trainer.corpus.lines_split, cfg.data.max_line_len)
-        summary = _train_until_done_or_stopped(trainer, run_dir, quiet)
+        summary = _train_until_done_or_stopped(trainer, run_dir, quiet, job, resume=resume and not overwrite,
+                                               init_from=init_from)
     if summary.interrupted:
         click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
                    "(continue with --resume)", err=True)
         raise click.exceptions.Exit(130)
     log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", _best_note(summary, cfg))
+
+
+def _open_run(cfg, run_dir: Path, resume: bool, overwrite: bool, more, init_from):
+    """The Trainer of a new or resumed run; a bad corpus fails here, before anything is lost."""
+    held = run_files(run_dir)
+    if held and not (resume or overwrite):
+        raise click.ClickException(
+            f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
+            "--overwrite to start afresh, or --run-dir to train somewhere else")
+    log.info("config:\n%s", config_to_yaml(cfg).rstrip())
+    trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
+    if overwrite:  # open_trainer already emptied metrics.jsonl
+        for name in ("last.npz", "best.npz"):
+            (run_dir / name).unlink(missing_ok=True)
+    return trainer
 
 
 @main.command("sample")

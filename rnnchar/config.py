@@ -86,6 +86,7 @@ NONNEG_FLOAT = _float(lambda x: x >= 0, "a non-negative number")
 ANY_FLOAT = _float(lambda x: True, "a number")
 SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
               "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
+WORKERS = _rule(lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or a positive integer")
 PATH = _rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
 
 
@@ -169,6 +170,8 @@ class TrainConfig(_Section):
     checkpoint_every: int = _key(250, OFF_INT, "save a checkpoint every N steps, 0 = off")
     eval_max_chars: int = _key(100000, NONNEG_INT, "validation characters per eval, 0 = whole split")
     seed: int = _key(1, NONNEG_INT, "seed for init, data split, batches and sampling")
+    workers: int | str = _key("auto", WORKERS,
+                              "data-parallel worker processes: auto, or N (1 = this process)")
 
 
 @dataclass

@@ -27,9 +27,11 @@ import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .comm import SingleComm
 from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
+from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
 from .evaluate import batch_nats, perplexity
 from .finetune import FineTune
 from .model import ShapeError
@@ -64,9 +66,21 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG
         self.step, self.history = 0, []
         self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
-        self.carry = None  # hidden state carried between stream windows
+        self.carry = None  # hidden state carried between stream windows (this worker's rows)
+        self.comm, self.rows, self.stop_agreed = SingleComm(), slice(None), False
         if ckpt is not None:
             self._restore(ckpt)
+
+    def attach(self, comm) -> None:
+        """Train as one of comm.size data-parallel workers: this one computes its rows of each batch."""
+        self.comm, self.rows = comm, share(self.cfg.data.batch_size, comm.rank, comm.size)
+        self.carry = self.carry and [tuple(a[self.rows] for a in s) for s in self.carry]
+        self._grads = GradBuffer(self.model.params, 3)  # + nats, chars, stop flag
+        broadcast_params(comm, self.model.params)
+
+    def stopping(self, should_stop: Callable[[], bool]) -> bool:
+        """One process stops when asked; workers when any of them was asked (seen in the last step)."""
+        return should_stop() if self.comm.size == 1 else self.stop_agreed
 
     def _restore(self, ckpt: Checkpoint) -> None:
         """Take over a checkpoint's state; ValueError (ShapeError) names what does not fit this model."""
@@ -94,7 +108,9 @@ class Trainer:
         self.step, self.history = ckpt.step, list(ckpt.history)
 
     def checkpoint(self) -> Checkpoint:
-        carry = {f"{j}/{k}": a for j, s in enumerate(self.carry or []) for k, a in enumerate(s)}
+        """The run's state; with several workers every one must call it (the streams are gathered)."""
+        streams = gather_rows(self.comm, self.carry, self.rows, self.cfg.data.batch_size)
+        carry = {f"{j}/{k}": a for j, s in enumerate(streams or []) for k, a in enumerate(s)}
         params = {k: p.w for k, p in self.model.params.items()}
         return Checkpoint(config=config_to_dict(self.cfg), vocab=self.corpus.vocab.to_array(),
                           params=params, opt_state=dict(self.opt.state), step=self.step,
@@ -102,14 +118,24 @@ class Trainer:
                           meta={"best_val_loss": self.best_val_nats}, carry=carry)
 
     def save(self, name: str = "last.npz") -> None:
-        save_checkpoint(self.run_dir / name, self.checkpoint())
+        ckpt = self.checkpoint()
+        if self.comm.is_writer:
+            save_checkpoint(self.run_dir / name, ckpt)
 
-    def train_step(self) -> tuple[float, int]:
+    def train_step(self, should_stop: Callable[[], bool] = lambda: False) -> tuple[float, int]:
         """One optimizer step on the next batch; returns (loss per char, chars)."""
         cfg, model = self.cfg.train, self.model
         batch = self.corpus.train_batch(self.step, self.rng)
-        state = None if batch.reset else self.carry
-        loss, nats, n_chars, state = self._accumulate_gradients(batch, state)
+        mine = take_rows(batch, self.rows) if self.comm.size > 1 else batch
+        nats, n_chars, state = self._accumulate_gradients(mine, None if batch.reset else self.carry)
+        if self.comm.size > 1:  # the one reduction of the step: gradients, loss, chars, stop flag
+            share_of_rows = mine.mask.shape[1] / batch.mask.shape[1]
+            nats, n_chars, stop = reduce_step(self.comm, self._grads, share_of_rows,
+                                              (nats, n_chars, float(should_stop())))
+            n_chars, self.stop_agreed = int(round(n_chars)), stop > 0
+        if not math.isfinite(nats):  # after the reduction, so that every worker stops together
+            raise TrainingDiverged(f"the training loss became {nats / batch.mask.shape[1]} at step "
+                                   f"{self.step + 1}")
         if cfg.clip_norm > 0:  # on the per-character mean loss (PyTorch's convention), which is
             # the loss we differentiate (summed over steps) divided by the characters per row
             clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
@@ -122,13 +148,14 @@ class Trainer:
         self.step += 1
         return nats / max(n_chars, 1), n_chars
 
-    def _accumulate_gradients(self, batch, state) -> tuple[float, float, int, list]:
-        """Gradients of the batch loss (summed over steps, averaged over all B rows) into the params.
+    def _accumulate_gradients(self, batch, state) -> tuple[float, int, list]:
+        """Gradients of the batch loss (summed over steps, averaged over its B rows) into the params.
 
         A batch of more than data.max_batch_tokens (B x T) characters runs as groups of rows, each
         trimmed to its longest row; a group's mask is scaled by b/B so that its loss, which the model
         averages over its own b rows, is its share of the whole batch's: the summed gradients are the
-        batch's, while the graph holds only one group's activations. Returns (loss, nats, chars, state).
+        batch's, while the graph holds only one group's activations. Returns (nats, chars, state);
+        the caller checks that nats is finite (a NaN gradient is never applied).
         """
         T, B = batch.inputs.shape
         cap = self.cfg.data.max_batch_tokens
@@ -141,17 +168,23 @@ class Trainer:
             part = None if state is None else [tuple(a[cols] for a in s) for s in state]
             res = self.model.loss(batch.inputs[:t_end, cols], batch.targets[:t_end, cols],
                                   mask[:t_end] * (mask.shape[1] / B), part)
-            if not math.isfinite(res.loss):
-                raise TrainingDiverged(f"the training loss became {res.loss} at step {self.step + 1}")
             res.graph.backward()  # adds into each parameter's gradient
             loss += res.loss
             states.append(res.state)
         if len(states) > 1:
             states = [[tuple(np.concatenate(block) for block in zip(*layer)) for layer in zip(*states)]]
-        return loss, loss * B, int(np.count_nonzero(batch.mask)), states[0]
+        return loss * B, int(np.count_nonzero(batch.mask)), states[0]
 
     def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
-        """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short."""
+        """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short.
+
+        Workers score their share of each batch's rows and sum; they never stop part-way."""
+        if self.comm.size > 1:
+            c = self.comm
+            mine = (b for b in (take_rows(b, share(b.mask.shape[1], c.rank, c.size))
+                                for b in self.corpus.val_batches()) if b is not None)
+            nats, n = reduce_scalars(c, *batch_nats(self.model, mine))
+            return (nats / n if n else math.nan), int(n)
         nats, n = batch_nats(self.model, self.corpus.val_batches(), should_stop)
         return (nats / n if n and not should_stop() else math.nan), n
 
@@ -178,11 +211,12 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
            "elapsed_s": round(elapsed, 2)}
     trainer.history.append(rec)
-    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-    val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
-    log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step, train_loss / LN2,
-             val, f"{cps:,.0f}")
+    if trainer.comm.is_writer:
+        with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
+        log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step,
+                 train_loss / LN2, val, f"{cps:,.0f}")
     if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
         trainer.best_val_nats = val_loss
         trainer.save("best.npz")
@@ -262,10 +296,11 @@ def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> Non
 
 
 def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
-                 more: int | None = None, init_from: Path | None = None) -> Trainer:
+                 more: int | None = None, init_from: Path | None = None, writer: bool = True) -> Trainer:
     """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's;
     `more` sets train.steps to the checkpoint's step plus `more`; `init_from` starts a new run from
-    another checkpoint's weights (finetune.py)."""
+    another checkpoint's weights (finetune.py). Only the writer (not a data-parallel worker) writes
+    config.yaml and metrics.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_files(run_dir)
     ckpt = vocab = old = None
@@ -300,8 +335,9 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
         if ckpt is None:
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
-    _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
-    _rewrite_metrics(trainer)
+    if writer:
+        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
+        _rewrite_metrics(trainer)
     return trainer
 
 
@@ -333,9 +369,9 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
                dynamic_ncols=True, leave=False)
     plain = _PlainProgress(bool(bar.disable) and not quiet, start, cfg.steps)
     try:
-        while t.step < cfg.steps and not should_stop():
+        while t.step < cfg.steps and not t.stopping(should_stop):
             tic = time.perf_counter()
-            loss, n = t.train_step()
+            loss, n = t.train_step(should_stop)
             busy += time.perf_counter() - tic
             losses.append(loss)
             chars += n
@@ -349,7 +385,7 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
                 bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
                                 chars_s=f"{chars / busy:.0f}")
                 losses, chars, busy = [], 0, 0.0
-            if cfg.sample_every and t.step % cfg.sample_every == 0:
+            if cfg.sample_every and t.step % cfg.sample_every == 0 and t.comm.is_writer:
                 t.log_samples()
             if (cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0) or last:
                 t.save()

@@ -30,7 +30,7 @@ DEFAULTS = {
               "clip_norm": 0.0, "lr_schedule": "constant", "lr_decay": 0.5, "lr_decay_every": 1000,
               "lr_decay_steps": 0,
               "warmup_steps": 0, "eval_every": 250, "sample_every": 500, "checkpoint_every": 250,
-              "eval_max_chars": 100000, "seed": 1},
+              "eval_max_chars": 100000, "seed": 1, "workers": "auto"},
     "sample": {"temp": 1.0, "length": 300, "n": 5, "top_k": 0},
 }
 
