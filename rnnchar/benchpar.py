@@ -8,10 +8,10 @@ chars_per_sec and train_s time the training steps only (process start and evalua
 the first step is included: no warm-up is dropped), reduce_s is the writer's time in the gradient
 reduction (waiting for the slower worker included), and the gradient size is read from the
 checkpoint the run wrote (parameters x bytes per value). Lines beside bench.py's run/median/ratio:
-  ratio       workers 2/1: the 2-worker median over the 1-worker median (1 BLAS thread each)
-  projection  16 cores and 4 machines: per-worker compute times measured by the sweep runs
-              (`--workers 1`, 1 BLAS thread, at the per-worker batch sizes) plus a ring-allreduce
-              cost 2(N-1)/N * bytes / bandwidth + 2(N-1) * latency, assumptions as fields
+a ratio line "workers": "2/1" (the 2-worker median over the 1-worker median, 1 BLAS thread each),
+and projection lines for 16 cores and for 4 machines: per-worker compute times measured by the
+sweep runs (`--workers 1`, 1 BLAS thread, at the per-worker batch sizes) plus a ring-allreduce
+cost 2(N-1)/N * bytes / bandwidth + 2(N-1) * latency, the assumptions as fields.
 """
 
 from __future__ import annotations
