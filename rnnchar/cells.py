@@ -46,8 +46,8 @@ def init_weight(rows: int, cols: int, fan: int, init_scale: float, rng, dtype) -
 class Layer:
     """One layer's parameters: Wx (D, G*H), b (1, G*H), and the recurrent matrix Wh."""
 
-    def __init__(self, kind: str, D: int, H: int, rng, dtype, init_scale=0.0, forget_bias=1.0,
-                 activation="tanh", feedback=False):
+    def __init__(self, kind: str, D: int, H: int, rng, dtype, init_scale=0.0, forget_bias=0.0,
+                 activation="tanh", feedback=False, candidate_gain=2.0):
         self.kind, self.D, self.H, self.activation = kind, D, H, activation
         G, plain, gated = BLOCKS[kind]
         R = (gated if feedback else plain) * H
@@ -59,6 +59,25 @@ class Layer:
             self.params["Whn"] = init_weight(H, H, H, init_scale, rng, dtype)
         if kind == "lstm":  # gate order i, f, o, g: start with the forget gate open
             self.params["b"].w[0, H:2 * H] = forget_bias
+        self._scale_candidate(candidate_gain)
+
+    def _scale_candidate(self, gain: float) -> None:
+        """Draw the cell candidate's weights (LSTM g, GRU n) at `gain` times the gates' scale.
+
+        An LSTM passes its input through two half-open gates (h = o * tanh(f * c + i * g), i = o ~ 0.5
+        at init), so with equal scales a stack of two hands the decoder ~1/4 of a GRU's signal; a
+        larger candidate restores it (README, "Initialisation"). Gated-feedback candidates' recurrent
+        terms come through U and keep their scale. tanh RNNs have no gates and are left alone.
+        """
+        H, p = self.H, self.params
+        first = {"lstm": 3 * H, "gru": 2 * H}.get(self.kind)
+        if first is None or gain == 1:
+            return
+        p["Wx"].w[:, first:] *= gain
+        if "Wh" in p and p["Wh"].shape[1] > first:  # the LSTM's own recurrent candidate block
+            p["Wh"].w[:, first:] *= gain
+        if "Whn" in p:  # the GRU candidate's product, after reset
+            p["Whn"].w *= gain
 
     def input_proj(self, g: Graph, x: Mat) -> Mat:
         """x Wx + b for any number of rows (all time steps at once)."""

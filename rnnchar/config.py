@@ -123,10 +123,12 @@ class ModelConfig(_Section):
     embed_size: int = _key(32, POS_INT, "size of the character embedding")
     activation: str = _key("tanh", _choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
     gate: str = _key("scalar", _choice(*GATES), "gated feedback: scalar (paper) or vector gates")
-    forget_bias: float = _key(1.0, ANY_FLOAT, "initial LSTM forget-gate bias")
+    forget_bias: float = _key(0.0, ANY_FLOAT, "initial LSTM forget-gate bias (torch: 0; char-rnn: 1)")
     dtype: str = _key("float32", _choice("float32", "float64"), "floating-point precision of training")
     init_scale: float = _key(0.0, NONNEG_FLOAT,
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
+    candidate_gain: float = _key(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple "
+                                 "of the gates' scale")
 
 
 @dataclass

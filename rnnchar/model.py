@@ -47,12 +47,14 @@ class CharModel:
     """Embedding (V, E) -> cells -> decoder (H_top, V) with bias."""
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
-                 activation: str = "tanh", gate: str = "scalar", forget_bias: float = 1.0,
-                 dtype: str = "float32", init_scale: float = 0.0, rng: np.random.Generator | None = None):
+                 activation: str = "tanh", gate: str = "scalar", forget_bias: float = 0.0,
+                 dtype: str = "float32", init_scale: float = 0.0, candidate_gain: float = 2.0,
+                 rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.V, self.dtype = vocab_size, np.dtype(dtype)
         self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
-                                init_scale=init_scale, forget_bias=forget_bias, activation=activation)
+                                init_scale=init_scale, forget_bias=forget_bias, activation=activation,
+                                candidate_gain=candidate_gain)
         H = hidden_sizes[-1]
         embed_std = init_scale if init_scale > 0 else 1.0  # PyTorch's nn.Embedding draws N(0, 1)
         embed = Mat.randn(vocab_size, embed_size, embed_std, rng, self.dtype)

@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from .config import ConfigError, load_config
+from .npz import NpzReader
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
 
@@ -93,12 +92,10 @@ def train_bpc_of(rec: dict) -> float | None:
 def _checkpoint_meta(path: Path) -> dict:
     """A checkpoint's metadata (step, history, ...), reading only that member; {} if unreadable."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            if zf.getinfo("meta_json.npy").file_size > 64 << 20:
-                return {}
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta_json"].item())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, AttributeError, EOFError, RecursionError):
+        with NpzReader(path) as npz:
+            text = npz.read("meta_json", kinds="U", shape=(), max_bytes=64 << 20)
+        meta = json.loads(text.item())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, RecursionError):  # NpzError is a ValueError
         return {}
     return meta if isinstance(meta, dict) else {}
 

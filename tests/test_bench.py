@@ -92,6 +92,16 @@ def test_unknown_workload_is_a_usage_error():
     assert proc.returncode == 2 and "smal" in proc.stderr
 
 
+def test_quality_workload_measures_the_model_defaults():
+    """Only the shape is set on the model: its initialisation (forget bias, gains) is the default one."""
+    specs = [spec for group in bench.plan("quality", bench.parse_args([])) for spec in group]
+    assert {s["cell"] for s in specs} == {"lstm", "gru", "rnn"}
+    for spec in specs:
+        ov = bench._overrides({**spec, "corpus_path": "x.txt"})
+        model_keys = {o.partition("=")[0] for o in ov if o.startswith("model.")}
+        assert model_keys == {"model.cell", "model.embed_size", "model.hidden_sizes"}, ov
+
+
 def test_ceiling_runs_beside_training_and_reports_a_ratio(corpora, monkeypatch):
     spec = bench.job("tiny", "lstm", 1, emb=4, hidden=8, batch=2, seq=8, steps=3, warmup=1, torch=False,
                      corpus_path=str(corpora / "tinyshakespeare.txt"), corpus="tinyshakespeare.txt",

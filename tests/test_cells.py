@@ -360,7 +360,8 @@ def test_lstm_forget_bias_block(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_init_scale_draws_normal_weights(cell):
-    model = CharModel(50, cell, [64, 64], 32, init_scale=0.1, rng=np.random.default_rng(0))
+    model = CharModel(50, cell, [64, 64], 32, init_scale=0.1, candidate_gain=1.0,
+                      rng=np.random.default_rng(0))
     for name, p in model.params.items():
         if p.shape[0] > 1:  # every matrix (biases start at zero or the forget bias)
             w, se = p.w.ravel(), 0.1 / np.sqrt(p.w.size)  # standard error of the mean; the std's is se/sqrt 2
@@ -370,12 +371,40 @@ def test_init_scale_draws_normal_weights(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_default_init_is_uniform_within_one_over_sqrt_h(cell):
     sizes = [100, 20]
-    model = CharModel(V, cell, sizes, E, rng=np.random.default_rng(0))
+    model = CharModel(V, cell, sizes, E, candidate_gain=1.0, rng=np.random.default_rng(0))
     for j, H in enumerate(sizes):
         for k in ("Wx", "Wh", "Whn", "U"):
             if f"layer{j}.{k}" in model.params:
                 w = np.abs(model.params[f"layer{j}.{k}"].w)
                 assert w.max() <= 1 / np.sqrt(H) and w.max() > 0.9 / np.sqrt(H), (j, k)
+
+
+# (first candidate column in Wx as a multiple of H, in Wh or None, Whn scaled) per cell
+CANDIDATE = {"lstm": (3, 3, False), "gf-lstm": (3, None, False), "gru": (2, None, True),
+             "gf-gru": (2, None, False)}
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_candidate_gain_scales_the_candidate_blocks_only(cell):
+    sizes, gain = [7, 5], 2.5
+    base = CharModel(V, cell, sizes, E, candidate_gain=1.0, rng=np.random.default_rng(0))
+    model = CharModel(V, cell, sizes, E, candidate_gain=gain, rng=np.random.default_rng(0))
+    x0, h0, whn = CANDIDATE.get(cell, (None, None, False))
+    for name, p in model.params.items():
+        want = base.params[name].w.copy()
+        H = sizes[int(name[5])] if name.startswith("layer") else 0
+        key = name.partition(".")[2]
+        if key == "Wx" and x0 is not None:
+            want[:, x0 * H:] *= gain
+        elif key == "Wh" and h0 is not None:
+            want[:, h0 * H:] *= gain
+        elif key == "Whn" and whn:
+            want *= gain
+        np.testing.assert_allclose(p.w, want, rtol=1e-6, err_msg=name)
+    if x0 is not None:  # and the scaled blocks really are larger than the gates' own
+        H = sizes[0]
+        wx = np.abs(model.params["layer0.Wx"].w)
+        assert wx[:, x0 * H:].max() > 0.9 * gain / np.sqrt(H) >= wx[:, :x0 * H].max()
 
 
 @pytest.mark.parametrize("opts", [{"gate": "vectr"}, {"activation": "sigmoid"}, {"cell": "lstmm"}])

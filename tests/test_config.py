@@ -22,7 +22,8 @@ from rnnchar.config import (
 
 DEFAULTS = {
     "model": {"cell": "lstm", "hidden_sizes": [128, 128], "embed_size": 32, "activation": "tanh",
-              "gate": "scalar", "forget_bias": 1.0, "dtype": "float32", "init_scale": 0.0},
+              "gate": "scalar", "forget_bias": 0.0, "dtype": "float32", "init_scale": 0.0,
+              "candidate_gain": 2.0},
     "data": {"corpus": None, "mode": "sentences", "val_fraction": 0.05, "min_count": 1, "batch_size": 32,
              "seq_len": 64, "max_line_len": 500, "stream_order": "sequential"},
     "train": {"steps": 3000, "optimizer": "rmsprop", "lr": 0.002, "regc": 1.0e-6, "clip": 5.0,
@@ -334,3 +335,10 @@ def test_lr_warmup_multiplies_schedule(schedule, step, expected):
 def test_lr_negative_step():
     with pytest.raises(ValueError):
         lr_at(train_cfg(), -1)
+
+
+@pytest.mark.parametrize("path", sorted(C.bundled_config_dir().glob("*.yaml")), ids=lambda p: p.name)
+def test_every_bundled_config_loads(path):
+    cfg = load_config(path.name)
+    assert cfg.model.cell in ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")
+    assert cfg.train.steps > 0

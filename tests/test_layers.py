@@ -47,7 +47,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
     "corpus": (f"data idcache config {CORE}", "numpy"),
     "runs": (f"checkpoint config data {CORE}", "numpy"),
-    "report": ("config", "numpy"),
+    "report": ("config npz", ""),
     "text": ("", ""),
     "config": (f"safeyaml {CORE}", "numpy yaml"),
     "safeyaml": ("", "yaml"),
