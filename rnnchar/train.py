@@ -68,6 +68,7 @@ class Trainer:
         self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows (this worker's rows)
         self.comm, self.rows, self.stop_agreed = SingleComm(), slice(None), False
+        self.reduce_s = 0.0  # seconds spent in the gradient reduction (waiting for the others included)
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -130,8 +131,10 @@ class Trainer:
         nats, n_chars, state = self._accumulate_gradients(mine, None if batch.reset else self.carry)
         if self.comm.size > 1:  # the one reduction of the step: gradients, loss, chars, stop flag
             share_of_rows = mine.mask.shape[1] / batch.mask.shape[1]
+            tic = time.perf_counter()
             nats, n_chars, stop = reduce_step(self.comm, self._grads, share_of_rows,
                                               (nats, n_chars, float(should_stop())))
+            self.reduce_s += time.perf_counter() - tic
             n_chars, self.stop_agreed = int(round(n_chars)), stop > 0
         if not math.isfinite(nats):  # after the reduction, so that every worker stops together
             raise TrainingDiverged(f"the training loss became {nats / batch.mask.shape[1]} at step "
@@ -201,15 +204,18 @@ class Trainer:
 
 
 def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
-                                should_stop) -> dict:
-    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
+                                should_stop, timing: dict) -> dict:
+    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz.
+
+    timing: train_s (training steps since the last record, evaluation excluded) and reduce_s
+    (of which in the gradient reduction; 0 with one process), what chars_per_sec is made of."""
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
            "train_loss_nats": round(train_loss, 6),
            "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
            "val_perplexity": round(ppl, 6) if math.isfinite(ppl := perplexity(val_loss)) else None,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
-           "elapsed_s": round(elapsed, 2)}
+           "elapsed_s": round(elapsed, 2), **{k: round(v, 4) for k, v in timing.items()}}
     trainer.history.append(rec)
     if trainer.comm.is_writer:
         with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -362,7 +368,7 @@ class _PlainProgress:
 def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
     """Train to `train.steps`. Stops early and saves last.npz when `should_stop()` turns true."""
     cfg, t = trainer.cfg.train, trainer
-    start, losses, chars, busy = t.step, [], 0, 0.0
+    start, losses, chars, busy, reduced = t.step, [], 0, 0.0, t.reduce_s
     before = (t.history[-1].get("elapsed_s") or 0.0) if t.history else 0.0  # a resumed run's clock goes on
     t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
@@ -380,11 +386,12 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             plain.tick(t.step, float(np.mean(losses)), chars / busy)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
+                timing = {"train_s": busy, "reduce_s": t.reduce_s - reduced}
                 rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
-                                                  time.perf_counter() - t0, should_stop)
+                                                  time.perf_counter() - t0, should_stop, timing)
                 bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
                                 chars_s=f"{chars / busy:.0f}")
-                losses, chars, busy = [], 0, 0.0
+                losses, chars, busy, reduced = [], 0, 0.0, t.reduce_s
             if cfg.sample_every and t.step % cfg.sample_every == 0 and t.comm.is_writer:
                 t.log_samples()
             if (cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0) or last:
