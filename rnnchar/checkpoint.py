@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -143,14 +143,17 @@ def _save(path: Path, ckpt: Checkpoint) -> None:
     folder = path.parent
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        # named before it exists, so a Ctrl-C that lands anywhere after this line (a handler queued
+        # just before the signals were held runs at the next bytecode) still finds it in `finally`
+        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)  # created 0600; give the usual permissions
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
