@@ -76,24 +76,24 @@ class CharModel:
     def zero_state(self, B: int) -> list:
         return self.stack.zero_state(B, self.dtype)
 
-    def dropout_masks(self, rng: np.random.Generator, T: int, B: int, rows=slice(None),
-                      steps: int | None = None) -> list | None:
-        """Inverted-dropout masks, one (steps*b, H) per site, for rows `rows` and the first `steps`
-        steps of a (T, B) batch.
+    def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> list | None:
+        """Inverted-dropout masks for a (T, B) batch, one (T, B, H) per site; None when dropout is off.
 
-        Drawn for all T x B positions and then cut, so data-parallel workers use one process's masks.
-        Kept units are scaled by 1 / (1 - p) so that evaluation uses the model unchanged. None when off.
+        Kept units are scaled by 1 / (1 - p), so that evaluation uses the model unchanged. Cut a
+        part of the batch with m[:t, rows] (data-parallel workers, groups of rows): the masks
+        then are those the whole batch would use.
         """
         if self.dropout == 0:
             return None
         scale = self.dtype.type(1 / (1 - self.dropout))
-        keeps = [(rng.random((T, B, H)) >= self.dropout)[:steps, rows] for H in self.dropout_widths]
-        return [(keep.astype(self.dtype) * scale).reshape(-1, keep.shape[2]) for keep in keeps]  # (T*b, H)
+        return [(rng.random((T, B, H)) >= self.dropout).astype(self.dtype) * scale  # (T, B, H)
+                for H in self.dropout_widths]
 
     def _logits(self, g: Graph, ids: np.ndarray, state: list, masks=None) -> tuple[Mat, list]:
         T, B = ids.shape
         x = g.embed(self.params["embed.W"], ids.reshape(-1))  # (T*B, E)
         if masks:  # training with dropout: between layers (plain stacks), then before the decoder
+            masks = [np.reshape(m, (T * B, m.shape[2])) for m in masks]  # (T*B, H) each
             top, state = (self.stack.forward(g, x, T, B, state, masks[:-1]) if len(masks) > 1
                           else self.stack.forward(g, x, T, B, state))
             top = g.dropout(top, masks[-1])
@@ -106,8 +106,8 @@ class CharModel:
              dropout_masks: list | None = None) -> LossResult:
         """Loss of a batch of (T, B) sequences; `state` None starts from zeros.
 
-        Dropout applies only when the caller passes `dropout_masks` (from `dropout_masks()`): training
-        does, validation and evaluation do not."""
+        Dropout applies only when the caller passes `dropout_masks` ((T, B, H) each, from
+        `dropout_masks()`): training does, validation and evaluation do not."""
         inputs, targets = np.asarray(inputs), np.asarray(targets)
         T, B = inputs.shape
         mask = np.ones((T, B), self.dtype) if mask is None else np.asarray(mask, self.dtype)

@@ -77,14 +77,20 @@ def test_whole_model_gradient_with_a_fixed_mask(cell, sizes):
         assert rel_error(g[name], numeric_grad(f, model.params[name].w, eps=1e-4)) < 1e-6, name
 
 
-def test_masks_for_some_rows_are_those_rows_of_the_whole_batch():
+def test_masks_are_scaled_keep_masks_of_the_batch_shape():
     model = CharModel(V, "lstm", [4, 3], E, dropout=0.3)
-    whole = model.dropout_masks(np.random.default_rng(5), 4, 5)
-    part = model.dropout_masks(np.random.default_rng(5), 4, 5, slice(2, 5), steps=3)
-    for w, p in zip(whole, part, strict=True):
-        assert np.array_equal(p, w.reshape(4, 5, -1)[:3, 2:5].reshape(-1, w.shape[1]))
-    assert model.dropout_masks(np.random.default_rng(5), 4, 5)[0].dtype == np.float32
+    masks = model.dropout_masks(np.random.default_rng(5), 40, 50)
+    assert [m.shape for m in masks] == [(40, 50, 4), (40, 50, 3)] and masks[0].dtype == np.float32
+    assert set(np.unique(masks[0])) == {np.float32(0), np.float32(1 / 0.7)}
+    assert abs(float(np.mean(masks[0] == 0)) - 0.3) < 0.03
     assert CharModel(V, "lstm", [4, 3], E).dropout_masks(np.random.default_rng(5), 4, 5) is None
+
+
+def test_groups_of_rows_use_the_whole_batch_masks(corpus, tmp_path):
+    whole = run(cfg_of(corpus), tmp_path / "whole")
+    grouped = run(cfg_of(corpus, "data.max_batch_tokens=40"), tmp_path / "grouped")
+    for k, w in params_of(whole).items():
+        assert np.allclose(params_of(grouped)[k], w, rtol=1e-9, atol=1e-12), k
 
 
 def test_dropout_is_off_in_sampling_beam_search_and_evaluation():
