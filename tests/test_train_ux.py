@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_procs import corpus_here
 from click.testing import CliRunner
 
 from rnnchar import train as train_module
@@ -27,10 +28,7 @@ def run(*args):
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    return path
+    return corpus_here(tmp_path, monkeypatch, SENTENCES)
 
 
 def train(corpus, *extra):
