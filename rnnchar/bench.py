@@ -5,7 +5,8 @@
     make bench TORCH_PYTHON=/tmp/torchref/bin/python  # also the PyTorch reference, interleaved
     python -m rnnchar.bench --only demo --quick       # a few steps, to see that it runs
 
-Workloads (figures to compare with: shared/bench/README.md): demo, small, large, gf, quality, memory.
+Workloads (figures to compare with: shared/bench/README.md): demo, small, large, gf, quality, memory,
+parallel (`rnnchar train --workers N` runs, a 2/1 ratio and projections: benchpar.py).
 Each small and large run has a "ceiling" run beside it: the same matrix products alone (ceiling.py),
 and a ratio line rnnchar/ceiling says how close training comes to what NumPy's BLAS allows.
 Each measurement runs in its own subprocess with OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is
@@ -33,9 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from .benchpar import measure_train, plan_parallel, summarise
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_SHAKESPEARE = "tinyshakespeare.txt"
-WORKLOADS = ("demo", "small", "large", "gf", "quality", "memory")
+WORKLOADS = ("demo", "small", "large", "gf", "quality", "memory", "parallel")
 RECURRENTJS_CPS = 5678  # shared/bench/README.md: RecurrentJS demo in node 20, one sentence per step
 SMALL = dict(emb=64, hidden=128, batch=32, seq=64)
 LARGE = dict(emb=128, hidden=512, batch=64, seq=64)
@@ -74,6 +77,8 @@ def plan(name: str, args) -> list[list[dict]]:
     if name == "memory":
         return [[job(name, "lstm", 2, **s(6, 1), **SMALL, torch=False, memory=True),
                  job(name, "lstm", 2, **s(6, 1), **SMALL, torch=False, memory=True, corpus="@big")]]
+    if name == "parallel":
+        return plan_parallel(s, SMALL, LARGE, job)
     raise ValueError(name)
 
 
@@ -110,6 +115,8 @@ def measure(spec: dict) -> dict:
     if spec.get("ceiling_run"):  # the same products alone
         from .ceiling import ceiling_of_job
         return {"chars_per_sec": round(ceiling_of_job(spec), 1), "peak_rss_mb": _peak()}
+    if spec.get("workers"):  # `rnnchar train --workers N` itself
+        return measure_train(spec, _overrides(spec))
     from .config import load_config
     from .train import open_trainer
 
@@ -170,7 +177,8 @@ def run_one(spec: dict, system: str, args) -> dict | None:
         print(f"bench: FAILED {label} (exit {proc.returncode})", file=sys.stderr, flush=True)
         return None
     keep = ("chars_per_sec", "peak_rss_mb", "val_bpc", "val_chars", "ms_per_step", "load_s", "corpus_mb",
-            "ids_mb", "ids_mmap", "rss_after_load_mb", "rss_end_mb", "rss_end_anon_mb", "rss_end_file_mb")
+            "ids_mb", "ids_mmap", "rss_after_load_mb", "rss_end_mb", "rss_end_anon_mb", "rss_end_file_mb",
+            "workers", "reduce_share", "grad_mb")
     rec = {"kind": "run", **{k: spec[k] for k in SHOWN}, "system": system,
            **{k: round(got[k], 4) if isinstance(got[k], float) else got[k] for k in keep if k in got}}
     rec["chars_per_sec"] = round(rec["chars_per_sec"], 1)
@@ -231,6 +239,8 @@ def run_group(group: list[dict], args) -> list:
                     continue
                 runs[id(spec)][system].append(rec)
                 emit({**rec, "repeat": repeat})
+    for spec in group:  # the rnnchar medians a workload's own lines need (benchpar's projections)
+        spec["result"] = {k: _median(runs[id(spec)]["rnnchar"], k) for k in ("ms_per_step", "grad_mb")}
     return [_summarise(spec, runs[id(spec)], args.repeats).get("rnnchar") for spec in group]
 
 
@@ -255,6 +265,8 @@ def run_workload(name: str, args) -> None:
                 if spec["corpus"] == "@big":
                     spec["corpus"], spec["corpus_path"] = "big.txt", str(_big_corpus(args, tmp))
             med = run_group(group, args)
+            if name == "parallel":
+                summarise(group, med, emit)
             if name == "demo" and group[0]["batch"] == 1:
                 ref = {k: group[0][k] for k in SHOWN if k not in ("steps", "warmup", "optimizer")}
                 emit({"kind": "reference", **ref, "system": "recurrentjs", "chars_per_sec": RECURRENTJS_CPS,

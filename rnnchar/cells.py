@@ -11,12 +11,14 @@ Plain stacks run layer by layer, each layer as one whole-sequence graph op
 (`Layer.run`: `lstm_layer`, `gru_layer`, `rnn_layer` in sequence.py). The
 per-step path (`Layer.step`, from fused and primitive ops) computes the same
 functions and serves gated feedback; tests hold the two to each other.
-Gated-feedback stacks (Chung et al. 2015, arXiv:1502.02367) run step by step,
-because layer j reads every layer's previous state h*_{t-1} through global
+Gated-feedback stacks (Chung et al. 2015, arXiv:1502.02367) cannot run layer by
+layer, because layer j reads every layer's previous state h*_{t-1} through global
 reset gates g(i->j) = sigmoid(x_j . w_g + h*_{t-1} . u_g); the gated sum
 sum_i g(i->j) * (h_i U(i->j)) replaces the recurrent term of the tanh state
 (gf-rnn), of the GRU candidate inside the reset gate (gf-gru), or of the LSTM
-cell candidate (gf-lstm). Layer sizes may differ. Imports numpy and the
+cell candidate (gf-lstm). Layer sizes may differ. Over T > 1 steps the whole stack is
+one graph op (`gated_feedback_stack`, gfsequence.py); a single step (sampling) and the
+tests' reference run op by op (`forward_stepped`). Imports numpy and the
 standard library only.
 """
 
@@ -189,8 +191,20 @@ class GatedFeedbackStack:
         return out
 
     def forward(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
-        """Step by step over all layers: the top layer's h of every step (T*B, H), and the final state."""
+        """The top layer's h of every step (T*B, H), and the final state: one graph op for the whole
+        stack over T steps (`gated_feedback_stack`); a single step (sampling) goes op by op."""
+        if T == 1:
+            return self.forward_stepped(g, x, T, B, state)
         state = [tuple(Mat(a) for a in s) for s in state]
+        out = g.gated_feedback_stack(x, [layer.params for layer in self.layers], state, self.kind, self.gate,
+                                     self.layers[0].activation)
+        n = len(state[0])
+        return out[0], [tuple(out[1 + n * j:1 + n * (j + 1)]) for j in range(len(self.layers))]
+
+    def forward_stepped(self, g: Graph, x: Mat, T: int, B: int, state: list) -> tuple[Mat, list]:
+        """Step by step, op by op over all layers (the reference the whole-stack op is tested against);
+        the state as arrays, or as Mats (whose gradients a test reads)."""
+        state = [tuple(a if isinstance(a, Mat) else Mat(a) for a in s) for s in state]
         for layer in self.layers:  # weights used at every step: one gradient product each
             g.defer_grads(*(p for k, p in layer.params.items() if k in ("Wh", "Ug", "U", "Wx", "Wg")))
         xp0 = self.layers[0].input_proj(g, x)  # layer 0's input projection for every step,

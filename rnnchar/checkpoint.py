@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import not_regular
 from .npz import NpzError, NpzReader, dtype_ok
 
 FORMAT_VERSION = 2
@@ -142,14 +143,17 @@ def _save(path: Path, ckpt: Checkpoint) -> None:
     folder = path.parent
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        # named before it exists, so a Ctrl-C that lands anywhere after this line (a handler queued
+        # just before the signals were held runs at the next bytecode) still finds it in `finally`
+        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)  # created 0600; give the usual permissions
         os.replace(tmp, path)
         tmp = None
     except OSError as err:
@@ -174,8 +178,8 @@ def _check_file(path: Path) -> None:
             raise CheckpointError(f"checkpoint {path} is a directory, not a .npz file")
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist")
-        if not path.is_file():  # a FIFO or device would block or never end
-            raise CheckpointError(f"checkpoint {path} is not a regular file")
+        if (why := not_regular(path)) is not None:  # a FIFO or device would block or never end
+            raise CheckpointError(f"checkpoint {path} is not a regular file: {why}")
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as err:

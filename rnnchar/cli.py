@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import CheckpointError
 from .comm import WorkerLost
-from .commands import COMMANDS, echo_stream, finite_float, run_dir_option
+from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds, run_dir_option
 from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
 from .data import DataError
 from .finetune import base_config
@@ -37,6 +37,7 @@ from .train import TrainingDiverged, open_trainer, train
 from .workers import data_parallel, join_mpi_job, open_as_worker, writer_setup
 
 log = logging.getLogger("rnnchar")
+MAX_SAMPLES = 100_000  # sample -n: the sentences are generated together, one row each
 
 
 class _TqdmHandler(logging.Handler):
@@ -59,6 +60,7 @@ class _Cli(click.Group):
     """Turns domain errors into exit codes at the edge, the same for every command."""
 
     def invoke(self, ctx):
+        reopen_closed_std_fds()
         try:
             return super().invoke(ctx)
         except ConfigError as e:
@@ -177,6 +179,18 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overw
     rnnchar train --config lstm.yaml --workers 2        # mpiexec -n 8 rnnchar train ...: 8 ranks
     """
     _setup_logging(quiet)
+    old_term = signal.signal(signal.SIGTERM, _interrupt)  # while encoding the corpus: clean up, exit 130
+    try:
+        _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other: pick one")
     if more is not None and (not resume or any(s.strip().startswith("train.steps=") for s in sets)):
@@ -235,8 +249,8 @@ def _open_run(cfg, run_dir: Path, resume: bool, overwrite: bool, more, init_from
               help="A .npz checkpoint [default: the newest run under ./runs, best.npz else last.npz].")
 @click.option("--temp", type=click.FloatRange(min=0, min_open=True), callback=finite_float,
               help="Temperature (> 0); lower is safer.")
-@click.option("-n", "n", type=click.IntRange(min=1), help="Sentences to write (sentence models; with --beam: "
-              "the best N of the beam).")
+@click.option("-n", "n", type=click.IntRange(min=1, max=MAX_SAMPLES), help="Sentences to write (sentence "
+              f"models; at most {MAX_SAMPLES:,}, made as one batch; with --beam: the best N of the beam).")
 @click.option("--length", type=click.IntRange(min=0), help="Characters after the prime: at most (sentence "
               "models), exactly (stream models) [default: sample.length].")
 @click.option("--prime", default="", help="Text to start from (characters the model knows).")
@@ -248,7 +262,7 @@ def _open_run(cfg, run_dir: Path, resume: bool, overwrite: bool, more, init_from
               help="With --beam: rank sentences by logprob / chars**ALPHA (1 per char, 0 the total).")
 @click.option("--json", "as_json", is_flag=True, help="With --beam: one JSON object per completion (text, "
               "logprob, logprob_per_char, bits_per_char, chars, finished).")
-@click.option("--seed", type=int, help="Make the output reproducible.")
+@click.option("--seed", type=click.IntRange(min=0), help="Make the output reproducible (an integer >= 0).")
 def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, as_json, seed):
     """Write generated text to stdout as it is made.
 
@@ -261,6 +275,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, a
     from .commands import check_beam_options, checkpoint_or_newest, write_beams
     from .sample import beam_search, sample_sentences, sample_stream, unknown_chars
 
+    need_stdout("the samples")
     check_beam_options(beam, argmax or temp is not None or top_k is not None, as_json)
     model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
     bad = unknown_chars(vocab, prime)
@@ -296,7 +311,7 @@ def sample_cmd(checkpoint, temp, n, length, prime, argmax, top_k, beam, alpha, a
 def eval_cmd(file, validation, checkpoint, as_json, per_line):
     """Score text: bits per character and perplexity (FILE, - for stdin, or --val).
 
-    --val scores the run's own validation split (so does no FILE with stdin a terminal).
+    --val scores the run's own validation split (so does no FILE with stdin a terminal or closed).
 
     \b
     rnnchar eval --val
@@ -308,10 +323,11 @@ def eval_cmd(file, validation, checkpoint, as_json, per_line):
     from .data import read_text
     from .evaluate import score_lines, score_text, validation_score
 
+    need_stdout("the scores")
     if validation and file is not None:
         raise click.UsageError(f"--val scores the validation split: drop it, or drop {file}")
     model, vocab, cfg = load_model(checkpoint_or_newest(checkpoint))
-    if validation or (file is None and sys.stdin.isatty()):
+    if validation or (file is None and (sys.stdin is None or sys.stdin.isatty())):
         if per_line:
             raise click.UsageError("--per-line needs a FILE or - for stdin")
         result = validation_score(model, vocab, cfg)
@@ -322,12 +338,13 @@ def eval_cmd(file, validation, checkpoint, as_json, per_line):
         if per_line:
             lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
             for line, score in zip(lines, score_lines(model, vocab, lines, cfg.data.mode)):
-                click.echo(json.dumps({"bits_per_char": score, "line": line}) if as_json
+                bpc = score if math.isfinite(score) else None  # JSON has no NaN: null
+                click.echo(json.dumps({"bits_per_char": bpc, "line": line}, allow_nan=False) if as_json
                            else f"{score:.4f}\t{line}")
             return
         result = score_text(model, vocab, text, cfg.data.mode, cfg.data.max_line_len)
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        click.echo(json.dumps(result.as_dict(), allow_nan=False))
     else:
         click.echo(f"bits/char {result.bits_per_char:.4f}  perplexity {result.perplexity:.3f}  "
                    f"chars {result.chars:,}  unknown {result.unknown_chars:,}")

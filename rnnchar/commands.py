@@ -205,3 +205,28 @@ def plot_cmd(run_dirs, output, by_time, width):
 
 
 COMMANDS = (prep_cmd, runs_cmd, plot_cmd)
+
+
+def reopen_closed_std_fds() -> None:
+    """Started with stdin/stdout/stderr closed (`2>&-`): put /dev/null on those descriptors.
+
+    Otherwise the next file opened (a checkpoint being written) would take descriptor 2 and receive
+    whatever is written to stderr. sys.stdin/sys.stdout stay None so commands can refuse to read or
+    write them; a closed stderr becomes a sink, so training goes on without its log.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (lives as long as the process)
+
+
+def need_stdout(what: str) -> None:
+    """sample and eval started with stdout closed (`>&-`): an error, not a result thrown away."""
+    if sys.stdout is None:
+        raise click.ClickException(f"stdout is closed: nowhere to write {what}")

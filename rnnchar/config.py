@@ -145,6 +145,8 @@ class DataConfig(_Section):
     max_line_len: int = _key(500, POS_INT, "sentences mode: maximum line length in characters")
     stream_order: str = _key("sequential", _choice("sequential", "random"),
                            "stream mode: sequential windows, state carried; or random windows, zero state")
+    max_batch_tokens: int = _key(2048, OFF_INT, "characters (B x T) per forward/backward pass; bigger "
+                                 "batches run as row groups adding up to the same gradient, 0 = off")
 
 
 @dataclass

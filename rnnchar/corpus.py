@@ -33,6 +33,7 @@ from .data import (
     split_train_val,
     stream_batches,
 )
+from .fileio import not_regular
 from .idcache import encode_file_to_ids
 
 
@@ -121,6 +122,9 @@ def load_stream(cfg: Config, path: str, vocab: Vocab | None, cache_dir: Path | N
 def load_corpus(cfg: Config, vocab: Vocab | None = None, cache_dir: Path | None = None) -> Corpus:
     """Read, split and batch the corpus named by the config; `vocab` given when resuming."""
     path = corpus_path(cfg)
+    # /dev/zero or a FIFO would be read forever or twice; a missing file is reported by the reader
+    if path != "-" and Path(path).exists() and (why := not_regular(path)) is not None:
+        raise DataError(f"the corpus {path} is not a regular file: {why}")
     if cfg.data.mode == "sentences":
         return load_sentences(cfg, path, vocab)
     return load_stream(cfg, path, vocab, cache_dir)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileio import STDIN_CAP, TooLong, not_regular, read_capped
+
 BOUNDARY = 0  # start/end-of-sentence token id
 UNKNOWN = 1  # id for characters below min_count or unseen at training time
 EVAL_BATCH = 32  # sentences or parallel streams scored at once (validation, eval)
@@ -144,13 +146,31 @@ def normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _read_bytes(path, name: str):
+    """A regular file whole; stdin, a pipe or a device up to STDIN_CAP bytes (TooLong beyond)."""
+    if str(path) == "-":
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise DataError("cannot read stdin: it is closed; pass a FILE or pipe text into -")
+        return read_capped(sys.stdin.buffer, STDIN_CAP, name)
+    if not_regular(path) is None or not Path(path).exists():
+        return Path(path).read_bytes()  # a missing file: read_bytes raises the error read_error words
+    with open(path, "rb") as f:
+        return read_capped(f, STDIN_CAP, name)
+
+
 def read_text(path) -> str:
-    """Whole text of a file (or stdin for "-"): strict UTF-8, leading BOM dropped, CRLF/CR -> LF."""
+    """Whole text of a file (or stdin for "-"): strict UTF-8, leading BOM dropped, CRLF/CR -> LF.
+
+    A regular file is read whole; stdin, a pipe or a device at most fileio.STDIN_CAP bytes (DataError
+    beyond), so `/dev/zero` cannot exhaust memory.
+    """
     name = "<stdin>" if str(path) == "-" else str(path)
     try:
-        data = sys.stdin.buffer.read() if str(path) == "-" else Path(path).read_bytes()
+        data = _read_bytes(path, name)
     except OSError as err:
         raise read_error(name, err) from None
+    except TooLong as err:
+        raise DataError(str(err)) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -34,6 +34,8 @@ from .data import (
 )
 from .model import CharModel
 
+EVAL_BUDGET = 1 << 22  # logits (B x T_chunk x V numbers) held at once while scoring: 16 MB in float32
+EVAL_TOKENS = 4096  # and characters (B x T_chunk) per chunk, which bounds the recurrent activations
 PROGRESS_CHARS = 200_000  # texts at least this long show a progress bar (on a terminal)
 
 
@@ -45,24 +47,46 @@ class EvalResult:
     unknown_chars: int  # characters the model never saw (counted, not scored)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The fields for JSON: NaN or infinite figures become None (null), never invalid JSON tokens."""
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                for k, v in asdict(self).items()}
+
+
+def perplexity(nats_per_char: float) -> float:
+    """exp(nats per char), inf beyond float range (above ~709 nats) instead of OverflowError."""
+    try:
+        return math.exp(nats_per_char)
+    except OverflowError:
+        return math.inf
 
 
 def result_from_nats(nats: float, n: int, unknown: int) -> EvalResult:
     """Bits per char and perplexity from total nats over n scored characters (NaN when n is 0)."""
     if n == 0:
         return EvalResult(float("nan"), float("nan"), 0, unknown)
-    return EvalResult(nats / n / math.log(2), math.exp(nats / n), n, unknown)
+    return EvalResult(nats / n / math.log(2), perplexity(nats / n), n, unknown)
 
 
 def batch_nats(model: CharModel, batches: Iterable[Batch], should_stop: Callable[[], bool] = lambda: False,
-               ) -> tuple[float, int]:
-    """Total nats and scored characters over batches, carrying state unless a batch resets it."""
+               budget: int = EVAL_BUDGET) -> tuple[float, int]:
+    """Total nats and scored characters over batches, carrying state unless a batch resets it.
+
+    Each (T, B) batch is scored in time chunks of at most `budget // (B x V)` steps (and at most
+    EVAL_TOKENS // B), the state carried from chunk to chunk, so the logits held at once stay near
+    `budget` numbers whatever the vocabulary and window (the sums are the whole batch's up to float
+    rounding).
+    """
     nats, n, state = 0.0, 0, None
     for b in batches:
-        mask = b.mask * (b.targets != UNKNOWN)
-        res = model.loss(b.inputs, b.targets, mask, None if b.reset else state, needs_backprop=False)
-        nats, n, state = nats + res.nats, n + int(mask.sum()), res.state
+        mask = b.mask * (b.targets != UNKNOWN)  # (T, B)
+        T, B = b.inputs.shape
+        step = max(1, min(budget // (B * model.V), EVAL_TOKENS // B))
+        state = None if b.reset else state
+        for t in range(0, T, step):
+            res = model.loss(b.inputs[t : t + step], b.targets[t : t + step], mask[t : t + step], state,
+                             needs_backprop=False)
+            nats, state = nats + res.nats, res.state
+        n += int(mask.sum())
         if should_stop():
             break
     return nats, n

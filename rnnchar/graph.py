@@ -14,7 +14,8 @@ Gradients accumulate (`+=`) as in RecurrentJS; an optimizer step zeroes them.
 The primitive ops are below; `Graph` also inherits the fused one-step cell ops
 (`lstm_gates`, `gru_reset`, `gru_update`) from `fused.FusedOps` and the
 whole-sequence layer ops (`lstm_layer`, `gru_layer`, `rnn_layer`) from
-`sequence.SequenceOps`. Every op records its backward through `_record`.
+`sequence.SequenceOps`, and a whole gated-feedback stack (`gated_feedback_stack`) from
+`gfsequence.GatedFeedbackOps`. Every op records its backward through `_record`.
 Imports numpy and the standard library only.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .fused import FusedOps
+from .gfsequence import GatedFeedbackOps
 from .mat import Mat, accumulate, sigmoid, unbroadcast
 from .sequence import SequenceOps
 
@@ -34,7 +36,7 @@ __all__ = ["Graph", "Mat", "OPS"]
 ONE_HOT_MAX_ROWS = 256  # embedding gradient by a one-hot product up to this vocabulary size
 
 
-class Graph(FusedOps, SequenceOps):
+class Graph(FusedOps, SequenceOps, GatedFeedbackOps):
     """Records ops for backprop when `needs_backprop` is true; otherwise only computes."""
 
     def __init__(self, needs_backprop: bool = True):

@@ -51,7 +51,8 @@ def pick(logits: np.ndarray, rng: np.random.Generator, temp: float = 1.0, top_k:
     z[:, list(banned)] = -np.inf
     if argmax:
         return z.argmax(axis=1)
-    z = z / temp
+    with np.errstate(over="ignore"):  # a tiny temp: every non-top logit goes to -inf, i.e. argmax
+        z = (z - z.max(axis=1, keepdims=True)) / temp  # (B, V), max 0: no inf - inf = nan
     if 0 < top_k < z.shape[1]:
         kth = np.partition(z, -top_k, axis=1)[:, -top_k][:, None]
         z = np.where(z < kth, -np.inf, z)

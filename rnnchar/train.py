@@ -32,7 +32,7 @@ from .config import Config, build_model, config_from_dict, config_to_dict, confi
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
-from .evaluate import batch_nats
+from .evaluate import batch_nats, perplexity
 from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
@@ -68,6 +68,7 @@ class Trainer:
         self.best_val_nats = math.inf  # lowest validation loss so far, nats per character
         self.carry = None  # hidden state carried between stream windows (this worker's rows)
         self.comm, self.rows, self.stop_agreed = SingleComm(), slice(None), False
+        self.reduce_s = 0.0  # seconds spent in the gradient reduction (waiting for the others included)
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -127,19 +128,17 @@ class Trainer:
         cfg, model = self.cfg.train, self.model
         batch = self.corpus.train_batch(self.step, self.rng)
         mine = take_rows(batch, self.rows) if self.comm.size > 1 else batch
-        res = model.loss(mine.inputs, mine.targets, mine.mask, None if batch.reset else self.carry)
-        nats, n_chars = res.nats, res.n_chars
+        nats, n_chars, state = self._accumulate_gradients(mine, None if batch.reset else self.carry)
         if self.comm.size > 1:  # the one reduction of the step: gradients, loss, chars, stop flag
-            res.graph.backward()
             share_of_rows = mine.mask.shape[1] / batch.mask.shape[1]
+            tic = time.perf_counter()
             nats, n_chars, stop = reduce_step(self.comm, self._grads, share_of_rows,
                                               (nats, n_chars, float(should_stop())))
+            self.reduce_s += time.perf_counter() - tic
             n_chars, self.stop_agreed = int(round(n_chars)), stop > 0
-        if not math.isfinite(nats):
+        if not math.isfinite(nats):  # after the reduction, so that every worker stops together
             raise TrainingDiverged(f"the training loss became {nats / batch.mask.shape[1]} at step "
                                    f"{self.step + 1}")
-        if self.comm.size == 1:
-            res.graph.backward()
         if cfg.clip_norm > 0:  # on the per-character mean loss (PyTorch's convention), which is
             # the loss we differentiate (summed over steps) divided by the characters per row
             clip_global_norm(model.params, cfg.clip_norm * max(n_chars, 1) / batch.inputs.shape[1])
@@ -148,9 +147,36 @@ class Trainer:
         # and so does any |w| > 1e19 in float32, which is divergence by then too
         if not math.isfinite(float(np.vdot(model.params.w, model.params.w))):
             raise TrainingDiverged(f"the parameters became non-finite at step {self.step + 1}")
-        self.carry = res.state if self.corpus.carries_state else None
+        self.carry = state if self.corpus.carries_state else None
         self.step += 1
         return nats / max(n_chars, 1), n_chars
+
+    def _accumulate_gradients(self, batch, state) -> tuple[float, int, list]:
+        """Gradients of the batch loss (summed over steps, averaged over its B rows) into the params.
+
+        A batch of more than data.max_batch_tokens (B x T) characters runs as groups of rows, each
+        trimmed to its longest row; a group's mask is scaled by b/B so that its loss, which the model
+        averages over its own b rows, is its share of the whole batch's: the summed gradients are the
+        batch's, while the graph holds only one group's activations. Returns (nats, chars, state);
+        the caller checks that nats is finite (a NaN gradient is never applied).
+        """
+        T, B = batch.inputs.shape
+        cap = self.cfg.data.max_batch_tokens
+        rows = B if cap <= 0 or B * T <= cap else max(1, cap // T)
+        loss, states = 0.0, []
+        for r0 in range(0, B, rows):
+            cols = slice(r0, r0 + rows)
+            mask = batch.mask[:, cols]  # (T, b)
+            t_end = T if state is not None or rows == B else int(np.flatnonzero(mask.any(axis=1))[-1]) + 1
+            part = None if state is None else [tuple(a[cols] for a in s) for s in state]
+            res = self.model.loss(batch.inputs[:t_end, cols], batch.targets[:t_end, cols],
+                                  mask[:t_end] * (mask.shape[1] / B), part)
+            res.graph.backward()  # adds into each parameter's gradient
+            loss += res.loss
+            states.append(res.state)
+        if len(states) > 1:
+            states = [[tuple(np.concatenate(block) for block in zip(*layer)) for layer in zip(*states)]]
+        return loss * B, int(np.count_nonzero(batch.mask)), states[0]
 
     def validate(self, should_stop: Callable[[], bool]) -> tuple[float, int]:
         """Loss per char of the validation split; NaN if there is none or Ctrl-C cut it short.
@@ -178,15 +204,18 @@ class Trainer:
 
 
 def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
-                                should_stop) -> dict:
-    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz."""
+                                should_stop, timing: dict) -> dict:
+    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz.
+
+    timing: train_s (training steps since the last record, evaluation excluded) and reduce_s
+    (of which in the gradient reduction; 0 with one process), what chars_per_sec is made of."""
     val_loss, _ = trainer.validate(should_stop)
     rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
            "train_loss_nats": round(train_loss, 6),
            "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
-           "val_perplexity": round(math.exp(val_loss), 6) if math.isfinite(val_loss) else None,
+           "val_perplexity": round(ppl, 6) if math.isfinite(ppl := perplexity(val_loss)) else None,
            "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
-           "elapsed_s": round(elapsed, 2)}
+           "elapsed_s": round(elapsed, 2), **{k: round(v, 4) for k, v in timing.items()}}
     trainer.history.append(rec)
     if trainer.comm.is_writer:
         with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -339,7 +368,7 @@ class _PlainProgress:
 def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
     """Train to `train.steps`. Stops early and saves last.npz when `should_stop()` turns true."""
     cfg, t = trainer.cfg.train, trainer
-    start, losses, chars, busy = t.step, [], 0, 0.0
+    start, losses, chars, busy, reduced = t.step, [], 0, 0.0, t.reduce_s
     before = (t.history[-1].get("elapsed_s") or 0.0) if t.history else 0.0  # a resumed run's clock goes on
     t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
@@ -357,11 +386,12 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             plain.tick(t.step, float(np.mean(losses)), chars / busy)
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
+                timing = {"train_s": busy, "reduce_s": t.reduce_s - reduced}
                 rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
-                                                  time.perf_counter() - t0, should_stop)
+                                                  time.perf_counter() - t0, should_stop, timing)
                 bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
                                 chars_s=f"{chars / busy:.0f}")
-                losses, chars, busy = [], 0, 0.0
+                losses, chars, busy, reduced = [], 0, 0.0, t.reduce_s
             if cfg.sample_every and t.step % cfg.sample_every == 0 and t.comm.is_writer:
                 t.log_samples()
             if (cfg.checkpoint_every and t.step % cfg.checkpoint_every == 0) or last:

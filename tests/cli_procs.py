@@ -8,6 +8,8 @@ Argument checks that never touch a file or signal use `invoke` (CliRunner, in pr
 
 from __future__ import annotations
 
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,12 +28,24 @@ TINY = ["--set", "model.hidden_sizes=[8]", "--set", "model.embed_size=4", "--set
 STREAM = ["--set", "data.mode=stream", "--set", "data.seq_len=8"]
 CLI = [sys.executable, "-m", "rnnchar.cli"]
 WORKERS = 3
+AS_LIMIT = 1536 << 20  # run_limited: an endless read or a big allocation must fail well before this
 
 
 def cli(*args, cwd: Path, input: str | bytes | None = None, timeout: float = 60):
     """Run `rnnchar ARGS` to completion; text output unless `input` is bytes."""
     return subprocess.run([*CLI, *map(str, args)], cwd=cwd, input=input, capture_output=True,
                           text=not isinstance(input, bytes), timeout=timeout)
+
+
+def run_limited(*args, cwd, stdin=None, timeout=60, close_fd=None):
+    """`rnnchar ARGS` with its address space capped at AS_LIMIT (and fd `close_fd` closed at start)."""
+    def pre():
+        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+        if close_fd is not None:
+            os.close(close_fd)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([*CLI, *map(str, args)], cwd=cwd, stdin=stdin, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=pre, env=env)
 
 
 def start(*args, cwd: Path, **kw) -> subprocess.Popen:

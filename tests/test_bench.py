@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnchar import bench
+from rnnchar import bench, benchpar
 
 WORDS = "the cat sat on a warm mat while rain fell on the old town and birds sang".split()
 FIELDS = {"workload", "system", "cell", "threads", "batch", "seq", "hidden", "emb", "chars_per_sec",
@@ -124,3 +124,61 @@ def test_corpora_default_to_shared_only_when_it_exists(tmp_path, monkeypatch):
     (tmp_path / "shared" / "corpora").mkdir(parents=True)
     assert bench.parse_args([]).corpora_dir == tmp_path / "shared" / "corpora"
     assert bench.parse_args(["--corpora-dir", "mine"]).corpora_dir == tmp_path / "mine"
+
+
+def test_parallel_job_runs_rnnchar_train_with_workers_and_reports_the_reduction(corpora):
+    spec = bench.job("parallel", "rnn", 2, emb=4, hidden=8, batch=4, seq=8, steps=3, warmup=1, torch=False,
+                     corpus_path=str(corpora / "tinyshakespeare.txt"), corpus="tinyshakespeare.txt",
+                     torch_corpus="", torch_seq=8, workers=2)
+    rec = bench.run_one(spec, "rnnchar", bench.parse_args(["--corpora-dir", str(corpora)]))
+    assert rec is not None
+    assert rec["workers"] == 2 and rec["chars_per_sec"] > 0 and rec["ms_per_step"] > 0
+    assert 0 < rec["reduce_share"] < 1  # two workers sum gradients every step
+    V = len(set((corpora / "tinyshakespeare.txt").read_text())) + 2  # + boundary and unknown tokens
+    n_params = V * 4 + (4 + 8 + 1) * 8 + (8 + 8 + 1) * 8 + (8 + 1) * V  # embed, two tanh layers, decoder
+    assert rec["grad_mb"] == pytest.approx(n_params * 4 / 1e6, abs=1e-3)  # float32
+
+
+def test_ring_allreduce_cost_and_projection_by_hand():
+    # 2 (4-1)/4 * 1e6 bytes / 1e9 bytes/s = 1.5 ms, plus 2 (4-1) latencies of 10 us
+    assert benchpar.ring_allreduce_ms(1e6, 4, bandwidth_gb_s=1.0, latency_us=10.0) == pytest.approx(1.56)
+    assert benchpar.ring_allreduce_ms(1e6, 1, bandwidth_gb_s=1.0, latency_us=10.0) == 0
+    spec = dict(cell="lstm", hidden=128, layers=2, emb=64, batch=32, seq=64)
+    lines = benchpar.projections({32: 100.0, 4: 14.0, 2: 8.0}, spec, grad_mb=1.0)
+    cores, machines = lines
+    # 16 cores, batch 2 each: 2*15/16 * 1e6 / 5e9 s = 0.375 ms + 30 * 10 us = 0.675 ms
+    assert (cores["workers"], cores["per_worker_batch"], cores["allreduce_ms"]) == (16, 2, 0.675)
+    assert cores["step_ms"] == pytest.approx(8.675, abs=0.01)
+    assert cores["speedup"] == pytest.approx(100 / 8.675, abs=0.01)
+    # 4 machines x 2 cores, batch 4 each: 0.2 + 0.02 ms inside a machine, 1.2 + 0.3 ms between them
+    assert (machines["workers"], machines["machines"], machines["per_worker_batch"]) == (8, 4, 4)
+    assert machines["allreduce_ms"] == pytest.approx(1.72)
+    assert machines["chars_per_sec"] == pytest.approx(32 * 64 / 15.72e-3, rel=1e-3)
+    assert machines["assumptions"]["ring1"] == {"parties": 4, "bandwidth_gb_s": 1.25, "latency_us": 50.0}
+
+
+def test_quick_parallel_workload_interleaves_and_prints_ratio_and_projections(corpora, tmp_path,
+                                                                             monkeypatch, capsys):
+    fake = tmp_path / "fake_torch_ref.py"
+    fake.write_text(FAKE_TORCH_REF, encoding="utf-8")
+    monkeypatch.setattr(bench, "SMALL", dict(emb=4, hidden=8, batch=16, seq=8))  # seconds, not minutes
+    monkeypatch.setattr(bench, "LARGE", dict(emb=4, hidden=12, batch=16, seq=8))
+    assert bench.main(["--quick", "--only", "parallel", "--repeats", "1", "--corpora-dir", str(corpora),
+                       "--torch-python", sys.executable, "--torch-ref", str(fake)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [r for r in lines if r["kind"] == "run"]
+    assert [(r["system"], r["cell"], r.get("workers")) for r in runs[:5]] == [
+        ("rnnchar", "lstm", 1), ("rnnchar", "lstm", 2), ("torch", "lstm", None), ("rnnchar", "gru", 2),
+        ("torch", "gru", None)]  # 1 vs 2 workers, then each 2-worker run beside torch
+    assert [r["batch"] for r in runs if r.get("workers") == 1] == [16, 16, 2, 1, 16, 2, 1]  # + sweeps
+    two = [r for r in runs if r.get("workers") == 2]
+    assert len(two) == 4 and all(0 < r["reduce_share"] < 1 for r in two)
+    torch_args = next(r for r in lines if r["kind"] == "run" and r["system"] == "torch")
+    assert torch_args["threads"] == 2
+    ratio = next(r for r in lines if r.get("workers") == "2/1")
+    assert ratio["ratio"] == pytest.approx(runs[1]["chars_per_sec"] / runs[0]["chars_per_sec"], rel=1e-2)
+    proj = [r for r in lines if r["kind"] == "projection"]
+    assert [(p["hidden"], p["workers"], p["machines"], p["per_worker_batch"]) for p in proj] == \
+        [(8, 16, 1, 1), (8, 8, 4, 2), (12, 16, 1, 1), (12, 8, 4, 2)]
+    sweep = {r["batch"]: r["ms_per_step"] for r in runs if r.get("workers") == 1 and r["hidden"] == 8}
+    assert proj[0]["compute_ms"] == sweep[1] and proj[0]["one_worker_ms"] == sweep[16]

@@ -66,7 +66,7 @@ def test_train_writes_the_run_directory(corpus):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10]
     assert set(records[0]) == {"step", "train_bpc", "train_loss_nats", "val_bpc", "val_perplexity",
-                               "chars_per_sec", "lr", "elapsed_s"}
+                               "chars_per_sec", "lr", "elapsed_s", "train_s", "reduce_s"}
     assert records[0]["train_bpc"] == pytest.approx(records[0]["train_loss_nats"] / np.log(2), abs=1e-5)
     ckpt = load_checkpoint(run_dir / "last.npz")
     assert ckpt.step == 10 and ckpt.config["model"]["hidden_sizes"] == [16]

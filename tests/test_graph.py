@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rnnchar import Graph, Mat
+from rnnchar.cells import stack_shapes
 from rnnchar.graph import NOT_OPS, OPS
 
 from gradcheck import numeric_grad, rel_error
@@ -71,8 +72,40 @@ CASES = {
     "rnn_layer": lambda: ([m(6, 3), m(3, 2), m(1, 2), m(2, 2), m(2, 2)], lambda g, *a: g.rnn_layer(*a)),
     "rnn_layer/relu": lambda: ([m(6, 3), m(3, 2), m(1, 2), m(2, 2), m(2, 2)],
                                lambda g, *a: g.rnn_layer(*a, activation="relu")),
+    # a whole gated-feedback stack: T = 3 steps of B = 2 rows, D = 3, unequal layers [2, 3]
+    "gated_feedback_stack/gf-lstm-scalar": lambda: _gated_feedback_case("lstm", "scalar"),
+    "gated_feedback_stack/gf-gru-vector": lambda: _gated_feedback_case("gru", "vector"),
+    "gated_feedback_stack/gf-rnn-scalar": lambda: _gated_feedback_case("rnn", "scalar"),
+    "gated_feedback_stack/gf-rnn-vector-outputs-only": lambda: _gated_feedback_case("rnn", "vector", True),
     "reuse/same-input-twice": lambda: ([m(3, 3)], lambda g, a: g.eltmul(g.tanh(a), g.matmul(a, a))),
 }
+
+
+# a whole stack's many outputs make the projected loss big enough that, at eps = 1e-6, its rounding
+# (~1e-16 relative, divided by 2 eps) reaches the 1e-10 the check allows near-zero entries
+EPS = {"gated_feedback_stack": 1e-5}
+
+
+def _gated_feedback_case(kind, gate, top_only=False):
+    """Inputs x, every layer's parameters and initial state as one flat list, and the op on them."""
+    sizes, B, T = [2, 3], 2, 3
+    shapes = stack_shapes(f"gf-{kind}", 3, sizes, gate)
+    names = [[k.split(".")[1] for k in shapes if k.startswith(f"layer{j}.")] for j in range(2)]
+    n_state, rng = 2 if kind == "lstm" else 1, np.random.default_rng(11)  # its own draws: the same
+    # inputs whichever cases run before it
+    shapes = [(T * B, 3)] + [shapes[f"layer{j}.{k}"] for j in range(2) for k in names[j]]
+    shapes += [(B, H) for H in sizes for _ in range(n_state)]
+    inputs = [Mat(rng.uniform(-1, 1, shape)) for shape in shapes]
+
+    def op(g, x, *rest):
+        layers, k = [], 0
+        for j in range(2):
+            layers.append(dict(zip(names[j], rest[k:k + len(names[j])])))
+            k += len(names[j])
+        state = [tuple(rest[k + n_state * j:k + n_state * (j + 1)]) for j in range(2)]
+        out = g.gated_feedback_stack(x, layers, state, kind, gate)
+        return out[0] if top_only else out
+    return inputs, op
 
 
 def _deferred_recurrence(g, h, W):
@@ -110,7 +143,8 @@ def test_op_gradient_matches_finite_differences(name):
     g, _ = scalar_loss(fn, inputs, proj)
     g.backward()
     for x in inputs:
-        num = numeric_grad(lambda: scalar_loss(fn, inputs, proj, record=False)[1], x.w)
+        num = numeric_grad(lambda: scalar_loss(fn, inputs, proj, record=False)[1], x.w,
+                           eps=EPS.get(name.split("/")[0], 1e-6))
         assert np.abs(x.dw).max() > 0, f"{name}: no gradient reached an input"
         assert rel_error(x.dw, num) < 1e-6, name
 

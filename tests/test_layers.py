@@ -1,8 +1,8 @@
 """The layering of DESIGN.md, enforced: each module imports only what its row below allows.
 
-    cli bench commands  ->  workers train sample evaluate finetune plot
-               ->  comm datapar corpus runs data idcache config checkpoint npz safeyaml report text
-               ->  model  ->  cells optim  ->  graph fused sequence mat (and ceiling, for bench)
+    cli bench benchpar commands  ->  workers train sample evaluate finetune plot
+               ->  comm datapar corpus runs data idcache config checkpoint npz safeyaml report text fileio
+               ->  model  ->  cells optim  ->  graph fused sequence gfsequence mat (and ceiling, for bench)
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
 module needs a row here; an import a row does not allow fails, and so does a row that points
@@ -20,22 +20,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never imported: a cycle cannot hide it
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
-    "__init__": 0, "cli": 0, "bench": 0, "commands": 0,
+    "__init__": 0, "cli": 0, "bench": 0, "benchpar": 0, "commands": 0,
     "workers": 1, "train": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
     "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
-    "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2,
+    "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
     "model": 3,
     "cells": 4, "optim": 4,
-    "graph": 5, "fused": 5, "sequence": 5, "mat": 5, "ceiling": 5,
+    "graph": 5, "fused": 5, "sequence": 5, "gfsequence": 5, "mat": 5, "ceiling": 5,
 }
-STORE = "corpus runs data idcache config checkpoint npz safeyaml"
-CORE = "model cells optim graph fused sequence mat"
+STORE = "corpus runs data idcache config checkpoint npz safeyaml fileio"
+CORE = "model cells optim graph fused sequence gfsequence mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
     "cli": (f"__init__ commands workers train sample evaluate finetune comm {STORE} {CORE}",
             "click numpy tqdm"),
     "commands": (f"sample evaluate plot report text {STORE}", "click"),  # prep, runs, plot
-    "bench": (f"__init__ train sample evaluate {STORE} {CORE} ceiling", "numpy"),
+    "bench": (f"__init__ benchpar train sample evaluate {STORE} {CORE} ceiling", "numpy"),
+    "benchpar": ("checkpoint", ""),  # runs `rnnchar train --workers N` as a subprocess
     "workers": ("train comm config", "numpy tqdm"),  # local worker processes, joining an MPI job
     "train": (f"sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
     "comm": ("", "numpy mpi4py"),  # mpi4py imported inside MPIComm only, under mpiexec
@@ -44,21 +45,23 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "plot": ("report", "matplotlib"),  # matplotlib imported only when a file is asked for
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
-    "corpus": (f"data idcache config {CORE}", "numpy"),
+    "corpus": (f"data idcache config fileio {CORE}", "numpy"),
     "runs": (f"checkpoint config data {CORE}", "numpy"),
     "report": ("config npz", ""),
     "text": ("", ""),
     "config": (f"safeyaml {CORE}", "numpy yaml"),
     "safeyaml": ("", "yaml"),
-    "checkpoint": ("npz", "numpy"),
+    "checkpoint": ("npz fileio", "numpy"),
     "npz": ("", "numpy"),
-    "idcache": ("data", "numpy"),
-    "data": ("", "numpy"),
-    "model": ("cells optim graph fused sequence mat", "numpy"),
-    "cells": ("graph fused sequence mat", "numpy"),
+    "idcache": ("data fileio", "numpy"),
+    "data": ("fileio", "numpy"),
+    "fileio": ("", ""),  # regular-file checks and the capped reader, shared by data and checkpoint
+    "model": ("cells optim graph fused sequence gfsequence mat", "numpy"),
+    "cells": ("graph fused sequence gfsequence mat", "numpy"),
     "optim": ("graph mat", "numpy"),
-    "graph": ("fused sequence mat", "numpy"),
+    "graph": ("fused sequence gfsequence mat", "numpy"),
     "sequence": ("mat", "numpy"),
+    "gfsequence": ("sequence mat", "numpy"),
     "ceiling": ("", "numpy"),  # the matmul-only ceiling that bench runs beside training
     "fused": ("mat", "numpy"),
     "mat": ("", "numpy"),
