@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_procs import CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, run_limited
+from cli_procs import CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, run_limited, trained_run
 
 from rnnchar.checkpoint import Checkpoint, save_checkpoint
 from rnnchar.config import build_model, config_to_dict, load_config
@@ -29,9 +29,7 @@ def work(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny sentence model: (work dir, checkpoint path)."""
-    work = tmp_path_factory.mktemp("numbers")
-    (work / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "run", cwd=work))
+    work = trained_run(tmp_path_factory.mktemp("numbers"), "run")
     return work, work / "run/last.npz"
 
 
