@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from .evaluate import batch_nats, perplexity
 from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
-from .runs import checkpoint_shapes
+from .runs import check_run_files, checkpoint_shapes, nothing_to_resume, resume_diffs, write_atomic
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
@@ -229,56 +228,9 @@ def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float,
     return rec
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
-                              "(if any) is untouched") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _rewrite_metrics(trainer: Trainer) -> None:
     """metrics.jsonl as of the checkpoint: drop evaluations made after it (a crash, Ctrl-C)."""
-    _write_atomic(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
-
-
-def _check_run_files(run_dir: Path) -> None:
-    """Before anything is written: every file a run writes must be a file (or absent)."""
-    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
-        path = run_dir / name
-        if os.path.lexists(path) and not path.is_file():
-            what = "a directory" if path.is_dir() else "not a regular file"
-            raise CheckpointError(f"{path} is {what}: move it out of the way or choose another --run-dir; "
-                                  "nothing in the run directory was changed")
-
-
-def _nothing_to_resume(run_dir: Path) -> CheckpointError:
-    """The error for --resume without last.npz, saying what the directory does hold."""
-    path = run_dir / "last.npz"
-    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
-    if "best.npz" in found:
-        return CheckpointError(
-            f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
-            "stopped before its first last.npz). To continue from the best checkpoint, copy "
-            f"{run_dir}/best.npz to {path} and pass --resume again; to start afresh, pass --overwrite")
-    held = f" ({run_dir} holds only {found[0]})" if found else ""
-    return CheckpointError(f"nothing to resume: {path} does not exist{held}; pass --overwrite (or drop "
-                           "--resume) to start afresh")
-
-
-def _resume_diffs(old: Config, cfg: Config) -> list[str]:
-    """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
-    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()]
-    pairs.append(("data.mode", old.data.mode, cfg.data.mode))
-    pairs.append(("train.optimizer", old.train.optimizer, cfg.train.optimizer))  # its slots would be lost
-    if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
-        pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
-    return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
+    write_atomic(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
 
 
 def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
@@ -308,19 +260,19 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
     another checkpoint's weights (finetune.py). Only the writer (not a data-parallel worker) writes
     config.yaml and metrics.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_files(run_dir)
+    check_run_files(run_dir)
     ckpt = vocab = old = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
-            raise _nothing_to_resume(run_dir)
+            raise nothing_to_resume(run_dir)
         ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before anything is built
         try:
             old = config_from_dict(ckpt.config)
             vocab = Vocab.from_array(ckpt.vocab)
         except ValueError as err:  # ConfigError, DataError
             raise CheckpointError(f"{path}: the stored config or vocabulary is invalid: {err}") from None
-        diffs = _resume_diffs(old, cfg)
+        diffs = resume_diffs(old, cfg)
         if diffs:
             raise CheckpointError("cannot resume with a different model or optimizer: " + "; ".join(diffs)
                                   + " (use --overwrite or another --run-dir to start afresh)")
@@ -342,7 +294,7 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
     if writer:
-        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
+        write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
         _rewrite_metrics(trainer)
     return trainer
 
