@@ -1,6 +1,6 @@
 """The layering of DESIGN.md, enforced: each module imports only what its row below allows.
 
-    cli bench benchjob benchpar commands  ->  workers train sample evaluate finetune plot
+    cli bench benchjob benchpar commands  ->  workers train progress sample evaluate finetune plot
                ->  comm datapar corpus runs data idcache config checkpoint npz safeyaml report text fileio
                ->  model  ->  cells optim  ->  graph fused sequence gfsequence mat (and ceiling, for bench)
 
@@ -21,7 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never imported: a cycle cannot hide it
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
     "__init__": 0, "cli": 0, "bench": 0, "benchjob": 0, "benchpar": 0, "commands": 0,
-    "workers": 1, "train": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
+    "workers": 1, "train": 1, "progress": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
     "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
     "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
     "model": 3,
@@ -39,7 +39,8 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "benchjob": ("benchpar ceiling config train", ""),  # one measurement, inside its subprocess
     "benchpar": ("checkpoint", ""),  # runs `rnnchar train --workers N` as a subprocess
     "workers": ("train comm config", "numpy tqdm"),  # local worker processes, joining an MPI job
-    "train": (f"sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
+    "train": (f"progress sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
+    "progress": ("evaluate config runs", ""),  # evaluation records, metrics.jsonl, progress lines
     "comm": ("", "numpy mpi4py"),  # mpi4py imported inside MPIComm only, under mpiexec
     "datapar": ("data", "numpy"),
     "finetune": (f"{STORE} {CORE}", "numpy"),
