@@ -9,10 +9,11 @@ Workloads (figures to compare with: shared/bench/README.md): demo, small, large,
 parallel (`rnnchar train --workers N` runs, a 2/1 ratio and projections: benchpar.py).
 Each small and large run has a "ceiling" run beside it: the same matrix products alone (ceiling.py),
 and a ratio line rnnchar/ceiling says how close training comes to what NumPy's BLAS allows.
-Each measurement runs in its own subprocess with OMP/OPENBLAS/MKL_NUM_THREADS set before numpy is
-imported, so `peak_rss_mb` (ru_maxrss) is that run's own. `chars_per_sec` counts training steps only
-(forward, backward, update) after `warmup` steps; evaluation is not timed; `steps` includes the
-warm-up (as in torch_ref.py). memory adds ids_mb, rss_after_load_mb and rss_end_{,anon_,file_}mb.
+Each measurement (benchjob.py) runs in its own subprocess with OMP/OPENBLAS/MKL_NUM_THREADS set
+before numpy is imported, so `peak_rss_mb` (ru_maxrss) is that run's own. `chars_per_sec` counts
+training steps only (forward, backward, update) after `warmup` steps; evaluation is not timed;
+`steps` includes the warm-up (as in torch_ref.py). memory adds ids_mb, rss_after_load_mb and
+rss_end_{,anon_,file_}mb.
 With --torch-python, shared/bench/torch_ref.py runs after each rnnchar run (r, t, r, t, ...). Line
 kinds: run, median (per system, repeats > 1), ratio (rnnchar / torch of the medians), reference.
 Progress goes to stderr; the exit code is 1 if any run failed.
@@ -24,7 +25,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import statistics
@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .benchpar import measure_train, plan_parallel, summarise
+from .benchjob import measure
+from .benchpar import plan_parallel, summarise
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_SHAKESPEARE = "tinyshakespeare.txt"
@@ -80,72 +81,6 @@ def plan(name: str, args) -> list[list[dict]]:
     if name == "parallel":
         return plan_parallel(s, SMALL, LARGE, job)
     raise ValueError(name)
-
-
-# -- the measuring subprocess -------------------------------------------------------------------
-
-def _overrides(spec: dict) -> list[str]:
-    ov = [f"data.corpus={spec['corpus_path']}", f"data.mode={spec['mode']}", f"train.steps={spec['steps']}",
-          f"data.batch_size={spec['batch']}", "data.val_fraction=0.1", "train.eval_max_chars=0",
-          "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0"]
-    if spec.get("config"):  # the bundled config fixes the model and the solver
-        return ov
-    ov += [f"model.cell={spec['cell']}", f"model.embed_size={spec['emb']}",
-           f"model.hidden_sizes={[spec['hidden']] * spec['layers']}", f"data.seq_len={spec['seq']}",
-           f"train.optimizer={spec['optimizer']}", "train.lr=0.002"]
-    if spec["quality"]:  # torch_ref --optim adam --lr 2e-3 --clip 5: global-norm clip, no weight decay;
-        # the model itself (initialisation included) is at the project's defaults
-        ov += ["train.clip_norm=5", "train.clip=0", "train.regc=0"]
-    return ov
-
-
-def _peak() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
-def _rss_now() -> dict:
-    """The resident set now (Linux), unlike ru_maxrss, the peak: all, anonymous, file-backed (the memmap)."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return {f"rss_end_{k}mb": round(int(status[f].split()[0]) / 1024, 1)
-            for k, f in (("", "VmRSS"), ("anon_", "RssAnon"), ("file_", "RssFile"))}
-
-
-def measure(spec: dict) -> dict:
-    """Train for spec['steps'] steps in a temporary run directory (runs inside the subprocess)."""
-    if spec.get("ceiling_run"):  # the same products alone
-        from .ceiling import ceiling_of_job
-        return {"chars_per_sec": round(ceiling_of_job(spec), 1), "peak_rss_mb": _peak()}
-    if spec.get("workers"):  # `rnnchar train --workers N` itself
-        return measure_train(spec, _overrides(spec))
-    from .config import load_config
-    from .train import open_trainer
-
-    cfg = load_config(spec.get("config"), _overrides(spec))
-    with tempfile.TemporaryDirectory(prefix="run-", dir=spec.get("tmp")) as tmp:
-        t0 = time.perf_counter()
-        trainer = open_trainer(cfg, Path(tmp), resume=False)
-        out = {"load_s": round(time.perf_counter() - t0, 3)}
-        if spec.get("memory"):
-            ids, n_val = trainer.corpus.batcher.ids, len(trainer.corpus.val)  # train + val = all ids
-            out.update(corpus_mb=round(os.path.getsize(spec["corpus_path"]) / 2**20, 1),
-                       ids_mb=round((ids.size + n_val) * ids.itemsize / 2**20, 1),
-                       ids_mmap=hasattr(ids, "filename"), rss_after_load_mb=_peak())
-        busy, chars = 0.0, 0
-        for i in range(spec["steps"]):
-            tic = time.perf_counter()
-            _, n = trainer.train_step()
-            if i >= spec["warmup"]:
-                busy, chars = busy + time.perf_counter() - tic, chars + n
-        timed = spec["steps"] - spec["warmup"]
-        out.update(chars_per_sec=round(chars / busy, 1) if busy > 0 else None,
-                   ms_per_step=round(1000 * busy / timed, 2) if timed > 0 else None)
-        if spec["quality"]:
-            nats_per_char, n = trainer.validate(lambda: False)
-            out.update(val_bpc=round(nats_per_char / math.log(2), 4), val_chars=n)
-        if spec.get("memory"):
-            out.update(_rss_now())
-    out["peak_rss_mb"] = _peak()
-    return out
 
 
 # -- the driver ----------------------------------------------------------------------------------

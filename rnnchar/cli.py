@@ -22,38 +22,22 @@ from pathlib import Path
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError
 from .comm import WorkerLost
 from .commands import COMMANDS, echo_stream, finite_float, need_stdout, reopen_closed_std_fds, run_dir_option
-from .config import ConfigError, config_to_yaml, load_config, resolve_config_path
+from .config import ConfigError, load_config, resolve_config_path
 from .data import DataError
 from .finetune import base_config
 from .model import ShapeError
-from .runs import RunLock, load_model, run_files
-from .train import TrainingDiverged, open_trainer, train
-from .workers import data_parallel, join_mpi_job, open_as_worker, writer_setup
+from .runs import RunLock, load_model
+from .train import TrainingDiverged
+from .traincmd import best_note, corpus_option, open_run, setup_logging, train_until_done_or_stopped
+from .workers import join_mpi_job, open_as_worker, writer_setup
 
 log = logging.getLogger("rnnchar")
 MAX_SAMPLES = 100_000  # sample -n: the sentences are generated together, one row each
-
-
-class _TqdmHandler(logging.Handler):
-    """Log lines on stderr that do not tear the progress bar."""
-
-    def emit(self, record):
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except OSError:  # stderr closed (`rnnchar train 2>&1 | head`): keep training, lose only the log
-            pass
-
-
-def _setup_logging(quiet: bool) -> None:
-    log.handlers[:] = [_TqdmHandler()]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
 
 
 class _Cli(click.Group):
@@ -91,65 +75,6 @@ def main():
     """
 
 
-class _StopFlag:
-    """First Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second one aborts."""
-
-    def __init__(self):
-        self.stop = False
-
-    def __call__(self) -> bool:
-        return self.stop
-
-    def handle(self, signum, frame):
-        if self.stop:
-            raise KeyboardInterrupt
-        self.stop = True
-        log.warning("stopping: saving the checkpoint (press Ctrl-C again to abort without saving)")
-
-
-def _corpus_option(corpus: str) -> str:
-    """--corpus as an absolute path (or - for stdin); a bad path is a bad invocation."""
-    if corpus == "-":
-        return corpus
-    if not Path(corpus).is_file():
-        why = ("is a directory, not a text file" if Path(corpus).is_dir() else "is not a regular file"
-               if Path(corpus).exists() else "does not exist")
-        raise click.BadParameter(f"{corpus} {why}", param_hint="--corpus")
-    return str(Path(corpus).resolve())
-
-
-def _best_note(summary, cfg) -> str:
-    """The end of the final log line: the best validation score, or why there is no best.npz."""
-    if math.isfinite(summary.best_val_bpc):
-        return f"; best validation {summary.best_val_bpc:.4f} bits/char in best.npz"
-    if summary.history:  # evaluations ran, but there was nothing to validate on
-        return f"; no validation score (data.val_fraction={cfg.data.val_fraction}), so no best.npz"
-    return ""
-
-
-def _train_until_done_or_stopped(trainer, run_dir: Path, quiet: bool, job, **opened):
-    """Train (alone, with local workers or as an MPI rank) with Ctrl-C/SIGTERM turned into a stop
-    flag; divergence says what to try, a lost worker what was kept. `opened`: how the run was
-    opened (resume, init_from), for the workers to open it the same way."""
-    flag = _StopFlag()
-    old = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    last = run_dir / "last.npz"
-    try:
-        with np.errstate(all="ignore"), data_parallel(trainer, job, **opened):  # overflow: non-finite loss
-            return train(trainer, flag, quiet)
-    except WorkerLost as e:
-        kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
-        raise WorkerLost(f"{e}; training stopped at step {trainer.step} without saving: {kept}") from None
-    except TrainingDiverged as e:
-        kept = f"{last} holds the last good checkpoint" if last.exists() else "no checkpoint was written"
-        raise TrainingDiverged(
-            f"{e}. Try a lower train.lr (now {trainer.cfg.train.lr}) or turn on clipping (train.clip, "
-            f"train.clip_norm). Nothing non-finite was saved: {kept}.") from None
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 @main.command("train")
 @click.option("--config", "-c", "config_name", metavar="YAML",
               help="Config file, or a bundled name: rnn, lstm, gru, gf-rnn, gf-gru, gf-lstm, demo.")
@@ -178,7 +103,7 @@ def train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overw
     rnnchar train --init-from runs/lstm/best.npz --corpus poems.txt --set train.steps=500
     rnnchar train --config lstm.yaml --workers 2        # mpiexec -n 8 rnnchar train ...: 8 ranks
     """
-    _setup_logging(quiet)
+    setup_logging(quiet)
     old_term = signal.signal(signal.SIGTERM, _interrupt)  # while encoding the corpus: clean up, exit 130
     try:
         _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, overwrite, quiet, workers)
@@ -201,47 +126,32 @@ def _train_cmd(config_name, corpus, sets, run_dir, resume, more, init_from, over
     sets = sets + ((f"train.workers={workers}",) if workers is not None else ())
     cfg = load_config(path, sets, base=base_config(init_from) if init_from and not path else None)
     if corpus is not None:
-        cfg.data.corpus = _corpus_option(corpus)
+        cfg.data.corpus = corpus_option(corpus)
     default = f"{init_from.parent.name}-finetune" if init_from else path.stem if path else "default"
     run_dir = run_dir or Path("runs") / default
     job = join_mpi_job(cfg)  # None unless under mpiexec with more than one rank
     if job is not None and job.rank > 0:  # a quiet worker; rank 0 writes and reports
         log.setLevel(logging.ERROR)
         trainer = open_as_worker(job, cfg, run_dir, resume, more=more, init_from=init_from)
-        if _train_until_done_or_stopped(trainer, run_dir, True, job).interrupted:
+        if train_until_done_or_stopped(trainer, run_dir, True, job).interrupted:
             raise click.exceptions.Exit(130)
         return
     with ExitStack() as lock:
         with writer_setup(job):  # the other MPI ranks wait for this to succeed or fail
             lock.enter_context(RunLock(run_dir))  # first: "another training" says more than "already
-            trainer = _open_run(cfg, run_dir, resume, overwrite, more, init_from)  # holds a run"
+            trainer = open_run(cfg, run_dir, resume, overwrite, more, init_from)  # holds a run"
         log.info("%s; model %s %s with %s parameters; run directory %s", trainer.corpus.describe(),
                  cfg.model.cell, cfg.model.hidden_sizes, f"{trainer.model.n_params():,}", run_dir)
         if trainer.corpus.lines_split:
             log.warning("%d lines longer than data.max_line_len=%d were split into pieces",
                         trainer.corpus.lines_split, cfg.data.max_line_len)
-        summary = _train_until_done_or_stopped(trainer, run_dir, quiet, job, resume=resume and not overwrite,
+        summary = train_until_done_or_stopped(trainer, run_dir, quiet, job, resume=resume and not overwrite,
                                                init_from=init_from)
     if summary.interrupted:
         click.echo(f"rnnchar: interrupted at step {summary.step}; saved {run_dir / 'last.npz'} "
                    "(continue with --resume)", err=True)
         raise click.exceptions.Exit(130)
-    log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", _best_note(summary, cfg))
-
-
-def _open_run(cfg, run_dir: Path, resume: bool, overwrite: bool, more, init_from):
-    """The Trainer of a new or resumed run; a bad corpus fails here, before anything is lost."""
-    held = run_files(run_dir)
-    if held and not (resume or overwrite):
-        raise click.ClickException(
-            f"{run_dir} already holds a run ({', '.join(held)}): pass --resume to continue it, "
-            "--overwrite to start afresh, or --run-dir to train somewhere else")
-    log.info("config:\n%s", config_to_yaml(cfg).rstrip())
-    trainer = open_trainer(cfg, run_dir, resume, more=more, init_from=init_from)  # may fail: nothing lost
-    if overwrite:  # open_trainer already emptied metrics.jsonl
-        for name in ("last.npz", "best.npz"):
-            (run_dir / name).unlink(missing_ok=True)
-    return trainer
+    log.info("done: step %d, checkpoint %s%s", summary.step, run_dir / "last.npz", best_note(summary, cfg))
 
 
 @main.command("sample")

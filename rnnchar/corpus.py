@@ -20,19 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .batches import SentenceBatcher, StreamBatcher, sentence_batches, stream_batches
 from .config import Config, bundled_corpus_path
-from .data import (
-    DataError,
-    SentenceBatcher,
-    StreamBatcher,
-    Vocab,
-    encode_sentences,
-    read_text,
-    sentence_batches,
-    sentence_lines,
-    split_train_val,
-    stream_batches,
-)
+from .data import DataError, Vocab, encode_sentences, read_text, sentence_lines, split_train_val
 from .fileio import not_regular
 from .idcache import encode_file_to_ids
 

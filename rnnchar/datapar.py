@@ -1,7 +1,7 @@
 """What one data-parallel training step needs on top of a Comm: rows, one gradient reduction, state.
 
     from rnnchar.comm import SingleComm
-    from rnnchar.data import pad_batch
+    from rnnchar.batches import pad_batch
     from rnnchar.graph import Mat
     comm, B = SingleComm(), 5
     rows = share(B, rank=1, size=2)                  # slice(2, 5): worker 1 of 2 takes rows 2..4
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import Batch
+from .batches import Batch
 
 
 def share(n: int, rank: int, size: int) -> slice:

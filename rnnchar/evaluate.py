@@ -20,18 +20,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from .batches import Batch, sentence_batches, stream_batches
 from .config import Config
 from .corpus import load_corpus
-from .data import (
-    UNKNOWN,
-    Batch,
-    DataError,
-    Vocab,
-    encode_sentences,
-    sentence_batches,
-    sentence_lines,
-    stream_batches,
-)
+from .data import UNKNOWN, DataError, Vocab, encode_sentences, sentence_lines
 from .model import CharModel
 
 EVAL_BUDGET = 1 << 22  # logits (B x T_chunk x V numbers) held at once while scoring: 16 MB in float32

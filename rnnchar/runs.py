@@ -1,4 +1,5 @@
-"""Run directories: the lock that keeps two trainings apart, finding and loading checkpoints.
+"""Run directories: the lock that keeps two trainings apart, the checks before a run starts or
+resumes in one, finding and loading checkpoints.
 
     with RunLock(Path("runs/lstm")):        # a second training there is refused
         ...
@@ -122,3 +123,50 @@ def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
         raise CheckpointError(f"{path}: {e}") from None
     return model, vocab, cfg
 
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
+                              "(if any) is untouched") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Before anything is written: every file a run writes must be a file (or absent)."""
+    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
+        path = run_dir / name
+        if os.path.lexists(path) and not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file"
+            raise CheckpointError(f"{path} is {what}: move it out of the way or choose another --run-dir; "
+                                  "nothing in the run directory was changed")
+
+
+def nothing_to_resume(run_dir: Path) -> CheckpointError:
+    """The error for --resume without last.npz, saying what the directory does hold."""
+    path = run_dir / "last.npz"
+    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
+    if "best.npz" in found:
+        return CheckpointError(
+            f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
+            "stopped before its first last.npz). To continue from the best checkpoint, copy "
+            f"{run_dir}/best.npz to {path} and pass --resume again; to start afresh, pass --overwrite")
+    held = f" ({run_dir} holds only {found[0]})" if found else ""
+    return CheckpointError(f"nothing to resume: {path} does not exist{held}; pass --overwrite (or drop "
+                           "--resume) to start afresh")
+
+
+def resume_diffs(old: Config, cfg: Config) -> list[str]:
+    """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
+    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()
+             if k != "dropout"]  # a training-time regulariser: the parameters fit either way
+    pairs.append(("data.mode", old.data.mode, cfg.data.mode))
+    pairs.append(("train.optimizer", old.train.optimizer, cfg.train.optimizer))  # its slots would be lost
+    if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
+        pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
+    return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]

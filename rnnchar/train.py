@@ -14,13 +14,11 @@ uninterrupted one. Logs go through the "rnnchar" logger, progress through tqdm
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +30,15 @@ from .config import Config, build_model, config_from_dict, config_to_dict, confi
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
-from .evaluate import batch_nats, perplexity
+from .evaluate import batch_nats
 from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
-from .runs import checkpoint_shapes
+from .progress import LN2, PlainProgress, evaluate_log_and_keep_best, rewrite_metrics
+from .runs import check_run_files, checkpoint_shapes, nothing_to_resume, resume_diffs, write_atomic
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
-LN2 = math.log(2)
-PROGRESS_EVERY_S = 30.0  # plain progress lines when stderr is not a terminal (no progress bar)
 
 
 class TrainingDiverged(RuntimeError):
@@ -213,85 +210,6 @@ class Trainer:
         log.info("samples at step %d:\n%s", self.step, "\n".join("  | " + t for t in texts))
 
 
-def _evaluate_log_and_keep_best(trainer: Trainer, train_loss: float, cps: float, elapsed: float,
-                                should_stop, timing: dict) -> dict:
-    """Evaluate on the validation split, append to history and metrics.jsonl, keep best.npz.
-
-    timing: train_s (training steps since the last record, evaluation excluded) and reduce_s
-    (of which in the gradient reduction; 0 with one process), what chars_per_sec is made of."""
-    val_loss, _ = trainer.validate(should_stop)
-    rec = {"step": trainer.step, "train_bpc": round(train_loss / LN2, 6),
-           "train_loss_nats": round(train_loss, 6),
-           "val_bpc": round(val_loss / math.log(2), 6) if math.isfinite(val_loss) else None,
-           "val_perplexity": round(ppl, 6) if math.isfinite(ppl := perplexity(val_loss)) else None,
-           "chars_per_sec": round(cps, 1), "lr": lr_at(trainer.cfg.train, trainer.step),
-           "elapsed_s": round(elapsed, 2), **{k: round(v, 4) for k, v in timing.items()}}
-    trainer.history.append(rec)
-    if trainer.comm.is_writer:
-        with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-        val = "-" if rec["val_bpc"] is None else f"{rec['val_bpc']:.4f}"
-        log.info("step %d  train %.4f bits/char  val %s bits/char  %s chars/s", trainer.step,
-                 train_loss / LN2, val, f"{cps:,.0f}")
-    if math.isfinite(val_loss) and val_loss < trainer.best_val_nats:
-        trainer.best_val_nats = val_loss
-        trainer.save("best.npz")
-    return rec
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
-                              "(if any) is untouched") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _rewrite_metrics(trainer: Trainer) -> None:
-    """metrics.jsonl as of the checkpoint: drop evaluations made after it (a crash, Ctrl-C)."""
-    _write_atomic(trainer.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
-
-
-def _check_run_files(run_dir: Path) -> None:
-    """Before anything is written: every file a run writes must be a file (or absent)."""
-    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
-        path = run_dir / name
-        if os.path.lexists(path) and not path.is_file():
-            what = "a directory" if path.is_dir() else "not a regular file"
-            raise CheckpointError(f"{path} is {what}: move it out of the way or choose another --run-dir; "
-                                  "nothing in the run directory was changed")
-
-
-def _nothing_to_resume(run_dir: Path) -> CheckpointError:
-    """The error for --resume without last.npz, saying what the directory does hold."""
-    path = run_dir / "last.npz"
-    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
-    if "best.npz" in found:
-        return CheckpointError(
-            f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
-            "stopped before its first last.npz). To continue from the best checkpoint, copy "
-            f"{run_dir}/best.npz to {path} and pass --resume again; to start afresh, pass --overwrite")
-    held = f" ({run_dir} holds only {found[0]})" if found else ""
-    return CheckpointError(f"nothing to resume: {path} does not exist{held}; pass --overwrite (or drop "
-                           "--resume) to start afresh")
-
-
-def _resume_diffs(old: Config, cfg: Config) -> list[str]:
-    """What the checkpoint's config and the new one disagree on that resuming cannot bridge."""
-    pairs = [(f"model.{k}", v, getattr(cfg.model, k)) for k, v in asdict(old.model).items()
-             if k != "dropout"]  # a training-time regulariser: the parameters fit either way
-    pairs.append(("data.mode", old.data.mode, cfg.data.mode))
-    pairs.append(("train.optimizer", old.train.optimizer, cfg.train.optimizer))  # its slots would be lost
-    if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
-        pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
-    return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
-
-
 def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
     """Pin train.lr_decay_steps: a new run's is its train.steps; a resumed run keeps the checkpoint's
     unless the user sets it, so more steps never make a cosine learning rate jump back up unasked."""
@@ -319,19 +237,19 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
     another checkpoint's weights (finetune.py). Only the writer (not a data-parallel worker) writes
     config.yaml and metrics.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_files(run_dir)
+    check_run_files(run_dir)
     ckpt = vocab = old = None
     if resume:
         path = run_dir / "last.npz"
         if not path.exists():
-            raise _nothing_to_resume(run_dir)
+            raise nothing_to_resume(run_dir)
         ckpt = load_checkpoint(path, checkpoint_shapes)  # shapes checked before anything is built
         try:
             old = config_from_dict(ckpt.config)
             vocab = Vocab.from_array(ckpt.vocab)
         except ValueError as err:  # ConfigError, DataError
             raise CheckpointError(f"{path}: the stored config or vocabulary is invalid: {err}") from None
-        diffs = _resume_diffs(old, cfg)
+        diffs = resume_diffs(old, cfg)
         if diffs:
             raise CheckpointError("cannot resume with a different model or optimizer: " + "; ".join(diffs)
                                   + " (use --overwrite or another --run-dir to start afresh)")
@@ -353,27 +271,9 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
             raise
         raise CheckpointError(f"{run_dir / 'last.npz'}: cannot resume from it: {err}") from None
     if writer:
-        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
-        _rewrite_metrics(trainer)
+        write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # only once accepted
+        rewrite_metrics(trainer)
     return trainer
-
-
-class _PlainProgress:
-    """A log line every PROGRESS_EVERY_S seconds (step, loss, speed, ETA) for a log file, nohup, make."""
-
-    def __init__(self, on: bool, start: int, total: int):
-        self.on, self.start, self.total = on, start, total
-        self.t0 = self.last = time.monotonic()
-
-    def tick(self, step: int, loss_nats: float, cps: float) -> None:
-        now = time.monotonic()
-        if not self.on or now - self.last < PROGRESS_EVERY_S:
-            return
-        self.last = now
-        eta = (now - self.t0) / max(step - self.start, 1) * (self.total - step)
-        h, rest = divmod(int(eta), 3600)
-        log.info("step %d/%d  train %.4f bits/char  %s chars/s  ETA %d:%02d:%02d", step, self.total,
-                 loss_nats / LN2, f"{cps:,.0f}", h, rest // 60, rest % 60)
 
 
 def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, quiet: bool = False) -> Summary:
@@ -384,7 +284,7 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     t0 = time.perf_counter() - before
     bar = tqdm(total=cfg.steps, initial=start, disable=True if quiet else None, unit="step",
                dynamic_ncols=True, leave=False)
-    plain = _PlainProgress(bool(bar.disable) and not quiet, start, cfg.steps)
+    plain = PlainProgress(bool(bar.disable) and not quiet, start, cfg.steps)
     try:
         while t.step < cfg.steps and not t.stopping(should_stop):
             tic = time.perf_counter()
@@ -398,7 +298,7 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
             last = t.step == cfg.steps
             if (cfg.eval_every and t.step % cfg.eval_every == 0) or last:
                 timing = {"train_s": busy, "reduce_s": t.reduce_s - reduced}
-                rec = _evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
+                rec = evaluate_log_and_keep_best(t, float(np.mean(losses)), chars / busy,
                                                   time.perf_counter() - t0, should_stop, timing)
                 bar.set_postfix(bpc=f"{loss / LN2:.3f}", val_bpc=rec["val_bpc"],
                                 chars_s=f"{chars / busy:.0f}")
@@ -412,4 +312,4 @@ def train(trainer: Trainer, should_stop: Callable[[], bool] = lambda: False, qui
     interrupted = t.step < cfg.steps
     if interrupted or start == t.step:
         t.save()  # Ctrl-C (or nothing to do): the state as of the last finished step
-    return Summary(t.step, interrupted, t.best_val_nats / math.log(2), t.history)
+    return Summary(t.step, interrupted, t.best_val_nats / LN2, t.history)

@@ -90,6 +90,21 @@ def assert_ok(r: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in r.stderr and "Error" not in r.stderr, r.stderr
 
 
+def trained_run(folder: Path, run_dir: str = "good") -> Path:
+    """`folder` with the tiny corpus `c.txt` and one finished tiny run in `folder/run_dir`."""
+    (folder / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
+    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", run_dir, cwd=folder))
+    return folder
+
+
+def corpus_here(tmp_path: Path, monkeypatch, sentences: list[str]) -> Path:
+    """`tmp_path/tiny.txt` holding `sentences` one a line, with `tmp_path` the working directory."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tiny.txt"
+    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return path
+
+
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
     """Poll until `path` exists (fail early if `proc` ends first)."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnchar import bench, benchpar
+from rnnchar import bench, benchjob, benchpar
 
 WORDS = "the cat sat on a warm mat while rain fell on the old town and birds sang".split()
 FIELDS = {"workload", "system", "cell", "threads", "batch", "seq", "hidden", "emb", "chars_per_sec",
@@ -97,7 +97,7 @@ def test_quality_workload_measures_the_model_defaults():
     specs = [spec for group in bench.plan("quality", bench.parse_args([])) for spec in group]
     assert {s["cell"] for s in specs} == {"lstm", "gru", "rnn"}
     for spec in specs:
-        ov = bench._overrides({**spec, "corpus_path": "x.txt"})
+        ov = benchjob.overrides({**spec, "corpus_path": "x.txt"})
         model_keys = {o.partition("=")[0] for o in ov if o.startswith("model.")}
         assert model_keys == {"model.cell", "model.embed_size", "model.hidden_sizes"}, ov
 

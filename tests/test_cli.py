@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_procs import corpus_here
 from click.testing import CliRunner
 
 from rnnchar import __version__
@@ -37,10 +38,7 @@ def run(*args, input=None):
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    return path
+    return corpus_here(tmp_path, monkeypatch, SENTENCES)
 
 
 def train(corpus, *extra, steps=10):

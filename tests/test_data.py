@@ -14,15 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnchar.batches import SentenceBatcher, StreamBatcher, pad_batch
 from rnnchar.data import (
     BOUNDARY,
     UNKNOWN,
     DataError,
-    SentenceBatcher,
-    StreamBatcher,
     Vocab,
     encode_sentences,
-    pad_batch,
     read_text,
     sentence_lines,
     split_train_val,

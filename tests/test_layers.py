@@ -1,7 +1,8 @@
 """The layering of DESIGN.md, enforced: each module imports only what its row below allows.
 
-    cli bench benchpar commands  ->  workers train sample evaluate finetune plot
-               ->  comm datapar corpus runs data idcache config checkpoint npz safeyaml report text fileio
+    cli bench benchjob benchpar commands traincmd  ->  workers train progress sample evaluate finetune plot
+               ->  comm datapar corpus runs data batches idcache config checkpoint npz safeyaml report text
+                   fileio
                ->  model  ->  cells optim  ->  graph fused sequence gfsequence mat (and ceiling, for bench)
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
@@ -20,32 +21,35 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never imported: a cycle cannot hide it
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
-    "__init__": 0, "cli": 0, "bench": 0, "benchpar": 0, "commands": 0,
-    "workers": 1, "train": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
+    "__init__": 0, "cli": 0, "bench": 0, "benchjob": 0, "benchpar": 0, "commands": 0, "traincmd": 0,
+    "workers": 1, "train": 1, "progress": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
     "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
-    "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
+    "batches": 2, "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "sequence": 5, "gfsequence": 5, "mat": 5, "ceiling": 5,
 }
-STORE = "corpus runs data idcache config checkpoint npz safeyaml fileio"
+STORE = "corpus runs data batches idcache config checkpoint npz safeyaml fileio"
 CORE = "model cells optim graph fused sequence gfsequence mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
-    "cli": (f"__init__ commands workers train sample evaluate finetune comm {STORE} {CORE}",
+    "cli": (f"__init__ commands traincmd workers train sample evaluate finetune comm {STORE} {CORE}",
             "click numpy tqdm"),
+    "traincmd": ("comm config runs train workers", "click numpy tqdm"),  # `rnnchar train` around the Trainer
     "commands": (f"sample evaluate plot report text {STORE}", "click"),  # prep, runs, plot
-    "bench": (f"__init__ benchpar train sample evaluate {STORE} {CORE} ceiling", "numpy"),
+    "bench": (f"__init__ benchjob benchpar train sample evaluate {STORE} {CORE} ceiling", "numpy"),
+    "benchjob": ("benchpar ceiling config train", ""),  # one measurement, inside its subprocess
     "benchpar": ("checkpoint", ""),  # runs `rnnchar train --workers N` as a subprocess
     "workers": ("train comm config", "numpy tqdm"),  # local worker processes, joining an MPI job
-    "train": (f"sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
+    "train": (f"progress sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
+    "progress": ("evaluate config runs", ""),  # evaluation records, metrics.jsonl, progress lines
     "comm": ("", "numpy mpi4py"),  # mpi4py imported inside MPIComm only, under mpiexec
-    "datapar": ("data", "numpy"),
+    "datapar": ("batches data", "numpy"),
     "finetune": (f"{STORE} {CORE}", "numpy"),
     "plot": ("report", "matplotlib"),  # matplotlib imported only when a file is asked for
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
-    "corpus": (f"data idcache config fileio {CORE}", "numpy"),
+    "corpus": (f"data batches idcache config fileio {CORE}", "numpy"),
     "runs": (f"checkpoint config data {CORE}", "numpy"),
     "report": ("config npz", ""),
     "text": ("", ""),
@@ -55,6 +59,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "npz": ("", "numpy"),
     "idcache": ("data fileio", "numpy"),
     "data": ("fileio", "numpy"),
+    "batches": ("data", "numpy"),  # Batch, the sentence and stream batchers, evaluation batching
     "fileio": ("", ""),  # regular-file checks and the capped reader, shared by data and checkpoint
     "model": ("cells optim graph fused sequence gfsequence mat", "numpy"),
     "cells": ("graph fused sequence gfsequence mat", "numpy"),

@@ -181,20 +181,29 @@ def _long_run(corpus: Path, run_dir: Path, workers: int = 2) -> list[str]:
             *[a for s in sets for a in ("--set", s)]]
 
 
+def _start_long_run(corpus: Path, run_dir: Path, cwd: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A two-process run started in the background, once its first checkpoint is written: (main, workers)."""
+    p = start(*_long_run(corpus, run_dir), cwd=cwd)
+    wait_for(run_dir / "last.npz", p)
+    return p, _children(p.pid)
+
+
+def _wait_ended(pids: list[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not all(_ended(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
 def test_ctrl_c_stops_every_worker_at_one_step_and_resumes_with_one(corpus, tmp_path):
     run_dir = tmp_path / "r"
-    p = start(*_long_run(corpus, run_dir), cwd=tmp_path)
-    wait_for(run_dir / "last.npz", p)
-    workers = _children(p.pid)
+    p, workers = _start_long_run(corpus, run_dir, tmp_path)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     stopped = load_checkpoint(run_dir / "last.npz").step
     assert f"interrupted at step {stopped}" in err and "Traceback" not in err, err
-    deadline = time.monotonic() + 10
-    while not all(_ended(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_ended(workers, 10)
     assert workers and all(_ended(w) for w in workers), workers
     # resume with one process to a fixed step == one uninterrupted process
     total = stopped + 4
@@ -209,9 +218,7 @@ def test_ctrl_c_stops_every_worker_at_one_step_and_resumes_with_one(corpus, tmp_
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
 def test_killed_worker_ends_the_run_with_a_clear_error_and_a_good_checkpoint(corpus, tmp_path):
     run_dir = tmp_path / "r"
-    p = start(*_long_run(corpus, run_dir), cwd=tmp_path)
-    wait_for(run_dir / "last.npz", p)
-    (worker,) = _children(p.pid)
+    p, (worker,) = _start_long_run(corpus, run_dir, tmp_path)
     os.kill(worker, signal.SIGKILL)
     _, err = p.communicate(timeout=60)  # no hang: bounded by the timeout
     assert p.returncode == 1, err
@@ -223,14 +230,10 @@ def test_killed_worker_ends_the_run_with_a_clear_error_and_a_good_checkpoint(cor
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
 def test_workers_end_when_the_main_process_is_killed(corpus, tmp_path):
     run_dir = tmp_path / "r"
-    p = start(*_long_run(corpus, run_dir), cwd=tmp_path)
-    wait_for(run_dir / "last.npz", p)
-    (worker,) = _children(p.pid)
+    p, (worker,) = _start_long_run(corpus, run_dir, tmp_path)
     p.kill()
     p.communicate(timeout=30)
-    deadline = time.monotonic() + 20
-    while not _ended(worker) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_ended([worker], 20)
     assert _ended(worker)
 
 

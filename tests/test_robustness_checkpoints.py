@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_procs import CORPUS_TEXT, STREAM, TINY, assert_fails, assert_ok, cli, invoke, run_many
+from cli_procs import STREAM, TINY, assert_fails, assert_ok, cli, invoke, run_many, trained_run
 
 from rnnchar.checkpoint import load_checkpoint
 
@@ -54,9 +54,7 @@ BAD = {
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory):
     """Folder with the corpus, a trained run `good/` and one bad checkpoint per BAD name."""
-    d = tmp_path_factory.mktemp("ckpts")
-    (d / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "good", cwd=d))
+    d = trained_run(tmp_path_factory.mktemp("ckpts"))
     good = d / "good/last.npz"
     z = dict(np.load(good))
     raw = good.read_bytes()

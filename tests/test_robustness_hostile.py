@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 import pytest
-from cli_procs import CLI, CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, invoke, run_many
+from cli_procs import CLI, TINY, assert_fails, assert_ok, cli, invoke, run_many, trained_run
 
 LIMIT = 1 << 30
 
@@ -82,10 +82,7 @@ def bomb(name: str, chunks: int = BOMB_CHUNKS) -> tuple:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """The tiny corpus, one trained run in good/ and its arrays as .npy bytes."""
-    d = tmp_path_factory.mktemp("hostile")
-    (d / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "good", cwd=d))
-    return d
+    return trained_run(tmp_path_factory.mktemp("hostile"))
 
 
 def arrays_of(path) -> dict[str, np.ndarray]:

@@ -15,7 +15,18 @@ import time
 
 import numpy as np
 import pytest
-from cli_procs import CLI, CORPUS_TEXT, STREAM, TINY, assert_fails, assert_ok, cli, run_limited, start
+from cli_procs import (
+    CLI,
+    CORPUS_TEXT,
+    STREAM,
+    TINY,
+    assert_fails,
+    assert_ok,
+    cli,
+    run_limited,
+    start,
+    trained_run,
+)
 
 from rnnchar import idcache
 from rnnchar.checkpoint import load_checkpoint
@@ -128,9 +139,7 @@ def test_tampered_id_cache_is_rebuilt(work, tamper):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny sentence model: (work dir, checkpoint path)."""
-    work = tmp_path_factory.mktemp("io")
-    (work / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "run", cwd=work))
+    work = trained_run(tmp_path_factory.mktemp("io"), "run")
     return work, work / "run/last.npz"
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_procs import CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, run_limited
+from cli_procs import CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, run_limited, trained_run
 
+from rnnchar.batches import sentence_batches, stream_batches
 from rnnchar.checkpoint import Checkpoint, save_checkpoint
 from rnnchar.config import build_model, config_to_dict, load_config
-from rnnchar.data import Vocab, sentence_batches, stream_batches
+from rnnchar.data import Vocab
 from rnnchar.evaluate import batch_nats
 from rnnchar.model import CharModel
 
@@ -29,9 +30,7 @@ def work(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny sentence model: (work dir, checkpoint path)."""
-    work = tmp_path_factory.mktemp("numbers")
-    (work / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "run", cwd=work))
+    work = trained_run(tmp_path_factory.mktemp("numbers"), "run")
     return work, work / "run/last.npz"
 
 
@@ -124,8 +123,9 @@ def _one_long_step(max_batch_tokens: int):
     """(params after one step, loss, peak traced bytes) on a batch of 16 lines of ~200 characters."""
     import tracemalloc
 
+    from rnnchar.batches import SentenceBatcher, pad_batch
     from rnnchar.corpus import Corpus
-    from rnnchar.data import SentenceBatcher, encode_sentences, pad_batch
+    from rnnchar.data import encode_sentences
     from rnnchar.train import Trainer
 
     rng = np.random.default_rng(5)

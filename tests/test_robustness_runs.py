@@ -11,7 +11,17 @@ import shutil
 import signal
 
 import pytest
-from cli_procs import CORPUS_TEXT, TINY, assert_fails, assert_ok, cli, invoke, run_many, start, wait_for
+from cli_procs import (
+    TINY,
+    assert_fails,
+    assert_ok,
+    cli,
+    invoke,
+    run_many,
+    start,
+    trained_run,
+    wait_for,
+)
 
 from rnnchar.checkpoint import load_checkpoint
 
@@ -21,10 +31,7 @@ LONG = ["--set", "train.steps=1000000", "--set", "train.eval_every=20", "--set",
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """The tiny corpus and one finished run in `good/` (last.npz, best.npz, metrics.jsonl, config.yaml)."""
-    d = tmp_path_factory.mktemp("runs")
-    (d / "c.txt").write_text(CORPUS_TEXT, encoding="utf-8")
-    assert_ok(cli("train", "--corpus", "c.txt", *TINY, "--run-dir", "good", cwd=d))
-    return d
+    return trained_run(tmp_path_factory.mktemp("runs"))
 
 
 def _train(*extra, run_dir):

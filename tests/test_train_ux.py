@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_procs import corpus_here
 from click.testing import CliRunner
 
-from rnnchar import train as train_module
+from rnnchar import progress as progress_module
 from rnnchar.checkpoint import load_checkpoint
 from rnnchar.cli import main
 
@@ -27,10 +28,7 @@ def run(*args):
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "tiny.txt"
-    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    return path
+    return corpus_here(tmp_path, monkeypatch, SENTENCES)
 
 
 def train(corpus, *extra):
@@ -62,7 +60,7 @@ def test_log_line_names_units_with_fixed_digits(corpus):
 
 
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(corpus, monkeypatch):
-    monkeypatch.setattr(train_module, "PROGRESS_EVERY_S", 0.0)  # every step, instead of every 30 s
+    monkeypatch.setattr(progress_module, "PROGRESS_EVERY_S", 0.0)  # every step, instead of every 30 s
     r = train(corpus, "--set", "train.steps=5", "--set", "train.eval_every=0")
     progress = re.findall(r"step (\d)/5  train \d\.\d{4} bits/char  [\d,]+ chars/s  ETA \d+:\d\d:\d\d",
                           r.stderr)
