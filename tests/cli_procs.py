@@ -105,6 +105,32 @@ def corpus_here(tmp_path: Path, monkeypatch, sentences: list[str]) -> Path:
     return path
 
 
+def corpus_file(folder: Path) -> Path:
+    """The ten test sentences twelve times over in folder/c.txt: enough rows for a few batches."""
+    path = folder / "c.txt"
+    path.write_text(CORPUS_TEXT * 12, encoding="utf-8")
+    return path
+
+
+def params_of(trainer) -> dict:
+    """A copy of every parameter of a trainer's model, by name."""
+    return {k: p.w.copy() for k, p in trainer.model.params.items()}
+
+
+def run_in_process(cfg, run_dir: Path, workers: int = 1, resume: bool = False):
+    """Open (or resume) a run and train it to its steps here, with `workers` local workers."""
+    from rnnchar.train import open_trainer, train
+    from rnnchar.workers import local_workers
+
+    trainer = open_trainer(cfg, run_dir, resume)
+    if workers == 1:
+        train(trainer, quiet=True)
+    else:
+        with local_workers(trainer, workers, resume):
+            train(trainer, quiet=True)
+    return trainer
+
+
 def wait_for(path: Path, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
     """Poll until `path` exists (fail early if `proc` ends first)."""
     deadline = time.monotonic() + timeout

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_procs import CORPUS_TEXT
+from cli_procs import CORPUS_TEXT, corpus_file, params_of, run_in_process
 from click.testing import CliRunner
 
 from rnnchar.checkpoint import load_checkpoint, save_checkpoint
@@ -17,8 +17,6 @@ from rnnchar.evaluate import batch_nats, line_batches
 from rnnchar.graph import Graph
 from rnnchar.model import CharModel
 from rnnchar.sample import beam_search, sample_sentences
-from rnnchar.train import open_trainer, train
-from rnnchar.workers import local_workers
 
 from gradcheck import directional_check, numeric_grad, rel_error
 
@@ -30,28 +28,12 @@ STREAM = ["data.mode=stream", "data.seq_len=8"]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "c.txt"
-    path.write_text(CORPUS_TEXT * 12, encoding="utf-8")
-    return path
+    return corpus_file(tmp_path_factory.mktemp("corpus"))
 
 
 def cfg_of(corpus: Path, *sets: str, steps: int = 6, dropout: float = 0.5):
     return load_config(None, [*SMALL, f"data.corpus={corpus}", "data.batch_size=4", f"train.steps={steps}",
                               f"model.dropout={dropout}", *sets])
-
-
-def params_of(trainer) -> dict:
-    return {k: p.w.copy() for k, p in trainer.model.params.items()}
-
-
-def run(cfg, run_dir: Path, resume: bool = False, workers: int = 1):
-    trainer = open_trainer(cfg, run_dir, resume)
-    if workers == 1:
-        train(trainer, quiet=True)
-    else:
-        with local_workers(trainer, workers, resume):
-            train(trainer, quiet=True)
-    return trainer
 
 
 @pytest.mark.parametrize("cell,sizes", [("lstm", [3, 4, 2]), ("gru", [3, 2]), ("gf-gru", [3, 2])])
@@ -87,8 +69,8 @@ def test_masks_are_scaled_keep_masks_of_the_batch_shape():
 
 
 def test_groups_of_rows_use_the_whole_batch_masks(corpus, tmp_path):
-    whole = run(cfg_of(corpus), tmp_path / "whole")
-    grouped = run(cfg_of(corpus, "data.max_batch_tokens=40"), tmp_path / "grouped")
+    whole = run_in_process(cfg_of(corpus), tmp_path / "whole")
+    grouped = run_in_process(cfg_of(corpus, "data.max_batch_tokens=40"), tmp_path / "grouped")
     for k, w in params_of(whole).items():
         assert np.allclose(params_of(grouped)[k], w, rtol=1e-9, atol=1e-12), k
 
@@ -107,7 +89,8 @@ def test_dropout_is_off_in_sampling_beam_search_and_evaluation():
 
 
 def test_training_uses_masks_from_its_own_generator(corpus, tmp_path):
-    on, off = run(cfg_of(corpus), tmp_path / "on"), run(cfg_of(corpus, dropout=0.0), tmp_path / "off")
+    on = run_in_process(cfg_of(corpus), tmp_path / "on")
+    off = run_in_process(cfg_of(corpus, dropout=0.0), tmp_path / "off")
     assert on.history[-1]["train_bpc"] != off.history[-1]["train_bpc"]
     # the batch order does not depend on dropout; the masks' generator moved only when dropout was on
     assert on.rng.bit_generator.state == off.rng.bit_generator.state
@@ -123,37 +106,37 @@ def test_dropout_zero_adds_no_op_to_the_training_step(corpus, tmp_path, monkeypa
     def refuse(*_):
         raise AssertionError("dropout op recorded at model.dropout=0")
     monkeypatch.setattr(Graph, "dropout", refuse)
-    trainer = run(cfg_of(corpus, dropout=0.0), tmp_path / "off")
+    trainer = run_in_process(cfg_of(corpus, dropout=0.0), tmp_path / "off")
     assert trainer.step == 6
 
 
 @pytest.mark.parametrize("mode", ["sentences", "stream"])
 def test_resumed_run_with_dropout_equals_an_uninterrupted_one(corpus, tmp_path, mode):
     sets = STREAM if mode == "stream" else []
-    whole = run(cfg_of(corpus, *sets), tmp_path / "whole")
-    run(cfg_of(corpus, *sets, steps=3), tmp_path / "split")
+    whole = run_in_process(cfg_of(corpus, *sets), tmp_path / "whole")
+    run_in_process(cfg_of(corpus, *sets, steps=3), tmp_path / "split")
     assert "dropout_rng_state" in load_checkpoint(tmp_path / "split" / "last.npz").meta
-    resumed = run(cfg_of(corpus, *sets), tmp_path / "split", resume=True)
+    resumed = run_in_process(cfg_of(corpus, *sets), tmp_path / "split", resume=True)
     assert resumed.step == 6
     for k, w in params_of(whole).items():
         assert np.array_equal(params_of(resumed)[k], w), k
 
 
 def test_checkpoint_without_the_mask_state_still_resumes(corpus, tmp_path):
-    run(cfg_of(corpus, steps=3), tmp_path / "old")
+    run_in_process(cfg_of(corpus, steps=3), tmp_path / "old")
     path = tmp_path / "old" / "last.npz"
     ckpt = load_checkpoint(path)
     del ckpt.meta["dropout_rng_state"]  # as written before dropout existed
     save_checkpoint(path, ckpt)
-    resumed = run(cfg_of(corpus, dropout=0.2), tmp_path / "old", resume=True)  # dropout may change
+    resumed = run_in_process(cfg_of(corpus, dropout=0.2), tmp_path / "old", resume=True)  # dropout may change
     assert resumed.step == 6 and np.isfinite(resumed.history[-1]["val_bpc"])
 
 
 @pytest.mark.parametrize("mode", ["sentences", "stream"])
 def test_two_workers_with_dropout_train_like_one_process(corpus, tmp_path, mode):
     sets = STREAM if mode == "stream" else []
-    one = run(cfg_of(corpus, *sets, "data.batch_size=5"), tmp_path / "one")
-    two = run(cfg_of(corpus, *sets, "data.batch_size=5"), tmp_path / "two", workers=2)
+    one = run_in_process(cfg_of(corpus, *sets, "data.batch_size=5"), tmp_path / "one")
+    two = run_in_process(cfg_of(corpus, *sets, "data.batch_size=5"), tmp_path / "two", workers=2)
     for k, w in params_of(one).items():
         diff = float(np.abs(params_of(two)[k] - w).max())
         assert diff <= 1e-9 * max(float(np.abs(w).max()), 1e-30), (k, diff)

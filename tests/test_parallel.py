@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_procs import CLI, CORPUS_TEXT, assert_fails, cli, start, wait_for
+from cli_procs import CLI, assert_fails, cli, corpus_file, params_of, run_in_process, start, wait_for
 
 from rnnchar.checkpoint import load_checkpoint
 from rnnchar.config import ConfigError, load_config
 from rnnchar.datapar import share
-from rnnchar.train import open_trainer, train
-from rnnchar.workers import local_workers, resolve_workers
+from rnnchar.workers import resolve_workers
 
 SMALL = ["model.hidden_sizes=[12, 10]", "model.embed_size=6", "model.dtype=float64", "train.eval_every=10",
          "train.checkpoint_every=5", "train.sample_every=0", "train.clip_norm=1.0", "data.val_fraction=0.1"]
@@ -35,9 +34,7 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found: pip i
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "c.txt"
-    path.write_text(CORPUS_TEXT * 12, encoding="utf-8")
-    return path
+    return corpus_file(tmp_path_factory.mktemp("corpus"))
 
 
 def cfg_of(corpus: Path, *sets: str, steps: int = 20, batch: int = 4):
@@ -45,25 +42,11 @@ def cfg_of(corpus: Path, *sets: str, steps: int = 20, batch: int = 4):
                               f"train.steps={steps}", *sets])
 
 
-def params_of(trainer) -> dict:
-    return {k: p.w.copy() for k, p in trainer.model.params.items()}
-
-
 def assert_close(a: dict, b: dict, rtol: float = 1e-9) -> None:
     assert a.keys() == b.keys()
     for k in a:
         scale = max(float(np.abs(b[k]).max()), 1e-30)
         assert float(np.abs(a[k] - b[k]).max()) <= rtol * scale, (k, float(np.abs(a[k] - b[k]).max()), scale)
-
-
-def run_in_process(cfg, run_dir: Path, workers: int, resume: bool = False):
-    trainer = open_trainer(cfg, run_dir, resume)
-    if workers == 1:
-        train(trainer, quiet=True)
-    else:
-        with local_workers(trainer, workers, resume):
-            train(trainer, quiet=True)
-    return trainer
 
 
 def test_share_covers_every_row_once_with_parts_one_row_apart():
