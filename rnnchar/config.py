@@ -13,7 +13,6 @@ import difflib
 import importlib.util
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,69 +25,27 @@ from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
 from .optim import OPTIMIZERS
 from .safeyaml import YamlRefused, clipped, load_yaml, shown
+from .valuerules import (
+    ANY_FLOAT,
+    NONNEG_FLOAT,
+    NONNEG_INT,
+    OFF_INT,
+    PATH,
+    POS_FLOAT,
+    POS_INT,
+    PROBABILITY,
+    SIZES,
+    WORKERS,
+    Bad,
+    choice,
+    float_rule,
+)
 
 
 class ConfigError(ValueError):
     """A bad config: unknown key, bad value, unreadable file. The message names the culprit."""
 
 
-class _Bad(Exception):
-    """Raised by a value check; carries what was expected."""
-
-
-# -- value checks: each returns the (coerced) value or raises _Bad(expected) --
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _rule(ok, what: str, convert=lambda v: v):
-    """A check: ``convert`` the value, then require ``ok``; any failure raises _Bad(what)."""
-    def check(v: Any) -> Any:
-        try:
-            v = convert(v)
-            good = ok(v)
-        except (TypeError, ValueError, OverflowError):
-            good = False
-        if not good:
-            raise _Bad(what)
-        return v
-    return check
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)  # YAML `yes` is a bool, not 1
-
-
-def _to_float(v: Any) -> float:
-    """int -> float; also a numeric string, since YAML 1.1 reads `1e-3` as text. Bools refused."""
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)) or (
-            isinstance(v, str) and not _NUMBER.fullmatch(v.strip())):
-        raise TypeError(v)
-    return float(v)
-
-
-def _int(minimum: int, what: str):
-    return _rule(lambda v: _is_int(v) and v >= minimum, what)
-
-
-def _float(ok, what: str):
-    return _rule(lambda v: math.isfinite(v) and ok(v), what, _to_float)
-
-
-def _choice(*options: str):
-    return _rule(lambda v: v in options, "one of " + ", ".join(options))
-
-
-POS_INT, NONNEG_INT = _int(1, "a positive integer"), _int(0, "a non-negative integer")
-OFF_INT = _int(0, "a non-negative integer (0 = off)")
-POS_FLOAT = _float(lambda x: x > 0, "a positive number")
-NONNEG_FLOAT = _float(lambda x: x >= 0, "a non-negative number")
-ANY_FLOAT = _float(lambda x: True, "a number")
-PROBABILITY = _float(lambda x: 0 <= x < 1, "a number in [0, 1)")
-SIZES = _rule(lambda v: len(v) > 0 and all(_is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
-              "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
-WORKERS = _rule(lambda v: v == "auto" or (_is_int(v) and v >= 1), "auto or a positive integer")
-PATH = _rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
 
 
 def _key(default: Any, check, help: str):
@@ -109,7 +66,7 @@ class _Section:
             value = getattr(self, f.name)
             try:
                 setattr(self, f.name, f.metadata["check"](value))
-            except _Bad as bad:
+            except Bad as bad:
                 raise ConfigError(f"{self.SECTION}.{f.name}: expected {bad}, got {shown(value)}") from None
 
 
@@ -118,14 +75,14 @@ class ModelConfig(_Section):
     """Network shape and initialisation."""
 
     SECTION: ClassVar[str] = "model"
-    cell: str = _key("lstm", _choice(*CELLS), "recurrent cell: " + ", ".join(CELLS))
+    cell: str = _key("lstm", choice(*CELLS), "recurrent cell: " + ", ".join(CELLS))
     hidden_sizes: list[int] = _key([128, 128], SIZES,
                                    "hidden units per layer, bottom first; sizes may differ")
     embed_size: int = _key(32, POS_INT, "size of the character embedding")
-    activation: str = _key("tanh", _choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
-    gate: str = _key("scalar", _choice(*GATES), "gated feedback: scalar (paper) or vector gates")
+    activation: str = _key("tanh", choice(*ACTIVATIONS), "rnn/gf-rnn nonlinearity (relu = RecurrentJS)")
+    gate: str = _key("scalar", choice(*GATES), "gated feedback: scalar (paper) or vector gates")
     forget_bias: float = _key(0.0, ANY_FLOAT, "initial LSTM forget-gate bias (torch: 0; char-rnn: 1)")
-    dtype: str = _key("float32", _choice("float32", "float64"), "floating-point precision of training")
+    dtype: str = _key("float32", choice("float32", "float64"), "floating-point precision of training")
     init_scale: float = _key(0.0, NONNEG_FLOAT,
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
     candidate_gain: float = _key(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple "
@@ -140,13 +97,14 @@ class DataConfig(_Section):
 
     SECTION: ClassVar[str] = "data"
     corpus: str | None = _key(None, PATH, "training text file; null = the bundled sentence corpus")
-    mode: str = _key("sentences", _choice("sentences", "stream"), "sentences (one per line) or stream (BPTT)")
-    val_fraction: float = _key(0.05, _float(lambda x: 0 <= x < 1, "a number in [0, 1)"), "held-out fraction")
+    mode: str = _key("sentences", choice("sentences", "stream"), "sentences (one per line) or stream (BPTT)")
+    val_fraction: float = _key(0.05, float_rule(lambda x: 0 <= x < 1, "a number in [0, 1)"),
+                               "held-out fraction")
     min_count: int = _key(1, POS_INT, "rarer characters map to the unknown token")
     batch_size: int = _key(32, POS_INT, "sequences per batch (B)")
     seq_len: int = _key(64, POS_INT, "stream mode: characters per BPTT window (T)")
     max_line_len: int = _key(500, POS_INT, "sentences mode: maximum line length in characters")
-    stream_order: str = _key("sequential", _choice("sequential", "random"),
+    stream_order: str = _key("sequential", choice("sequential", "random"),
                            "stream mode: sequential windows, state carried; or random windows, zero state")
     max_batch_tokens: int = _key(2048, OFF_INT, "characters (B x T) per forward/backward pass; bigger "
                                  "batches run as row groups adding up to the same gradient, 0 = off")
@@ -158,13 +116,13 @@ class TrainConfig(_Section):
 
     SECTION: ClassVar[str] = "train"
     steps: int = _key(3000, NONNEG_INT, "number of optimizer updates")
-    optimizer: str = _key("rmsprop", _choice(*OPTIMIZERS), "rmsprop (RecurrentJS), adam or sgd")
+    optimizer: str = _key("rmsprop", choice(*OPTIMIZERS), "rmsprop (RecurrentJS), adam or sgd")
     lr: float = _key(0.002, POS_FLOAT, "base learning rate")
     regc: float = _key(1e-6, NONNEG_FLOAT, "L2 weight decay, not scaled by lr (RecurrentJS)")
     clip: float = _key(5.0, NONNEG_FLOAT, "elementwise gradient clip (RecurrentJS), 0 = off")
     clip_norm: float = _key(0.0, NONNEG_FLOAT, "global-norm clip of the per-character loss gradient, 0 = off")
-    lr_schedule: str = _key("constant", _choice("constant", "step", "cosine"), "constant, step or cosine")
-    lr_decay: float = _key(0.5, _float(lambda x: 0 < x <= 1, "a number in (0, 1]"),
+    lr_schedule: str = _key("constant", choice("constant", "step", "cosine"), "constant, step or cosine")
+    lr_decay: float = _key(0.5, float_rule(lambda x: 0 < x <= 1, "a number in (0, 1]"),
                            "step schedule: lr factor")
     lr_decay_every: int = _key(1000, POS_INT, "step schedule: steps between decays")
     lr_decay_steps: int = _key(0, NONNEG_INT, "cosine schedule: steps from lr down to 0.1 lr, then flat; "
