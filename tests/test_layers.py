@@ -23,8 +23,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rnnchar"  # read, never impo
 LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its layer or goes down
     "__init__": 0, "cli": 0, "bench": 0, "benchjob": 0, "benchpar": 0, "commands": 0, "traincmd": 0,
     "workers": 1, "train": 1, "progress": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
-    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "valuerules": 2, "checkpoint": 2, "report": 2, "text": 2,
-    "batches": 2, "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
+    "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
+    "batches": 2, "valuerules": 2, "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "sequence": 5, "gfsequence": 5, "mat": 5, "ceiling": 5,
