@@ -50,7 +50,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
     "corpus": (f"data batches idcache config fileio {CORE}", "numpy"),
-    "runs": (f"checkpoint config data {CORE}", "numpy"),
+    "runs": (f"checkpoint config data fileio {CORE}", "numpy"),
     "report": ("config npz", ""),
     "text": ("", ""),
     "config": (f"safeyaml valuerules {CORE}", "numpy yaml"),
@@ -61,7 +61,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "idcache": ("data fileio", "numpy"),
     "data": ("fileio", "numpy"),
     "batches": ("data", "numpy"),  # Batch, the sentence and stream batchers, evaluation batching
-    "fileio": ("", ""),  # regular-file checks and the capped reader, shared by data and checkpoint
+    "fileio": ("", ""),  # regular-file checks, the capped reader, the one atomic write
     "model": ("cells optim graph fused sequence gfsequence mat", "numpy"),
     "cells": ("graph fused sequence gfsequence mat", "numpy"),
     "optim": ("graph mat", "numpy"),
