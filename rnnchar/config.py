@@ -41,6 +41,8 @@ from .valuerules import (
     float_rule,
 )
 
+LN2 = math.log(2)  # bits = nats / LN2: losses are in nats, bits per character are reported
+
 
 class ConfigError(ValueError):
     """A bad config: unknown key, bad value, unreadable file. The message names the culprit."""

@@ -26,12 +26,12 @@ few characters nearly always wins. Stream models: continuations of exactly
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from .config import LN2
 from .data import BOUNDARY, UNKNOWN, Vocab
 from .model import CharModel
 
@@ -124,7 +124,7 @@ class Beam:
     def as_dict(self) -> dict:
         per_char = self.per_char
         return {"text": self.text, "logprob": round(self.logprob, 6), "logprob_per_char": round(per_char, 6),
-                "bits_per_char": round(-per_char / math.log(2), 6), "chars": self.chars,
+                "bits_per_char": round(-per_char / LN2, 6), "chars": self.chars,
                 "finished": self.finished}
 
 
