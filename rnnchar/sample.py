@@ -33,6 +33,7 @@ import numpy as np
 
 from .config import LN2
 from .data import BOUNDARY, UNKNOWN, Vocab
+from .mat import log_softmax
 from .model import CharModel
 
 MAX_SENTENCE = 1000  # a sentence model that never emits the boundary stops here
@@ -128,12 +129,6 @@ class Beam:
                 "finished": self.finished}
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-
 def _start_ids(vocab: Vocab, prime: str, sentences: bool) -> np.ndarray:
     if sentences:
         return np.concatenate([[BOUNDARY], vocab.encode(prime)]).astype(np.int64)
@@ -154,7 +149,7 @@ def beam_search(model: CharModel, vocab: Vocab, width: int, prime: str = "", max
     banned = [UNKNOWN] if sentences else [BOUNDARY, UNKNOWN]
     seqs, scores, done = [[]], np.zeros(1), []
     for t in range(max_len):
-        logp = _log_softmax(logits)                                  # (k, V)
+        logp = log_softmax(logits.astype(np.float64))                # (k, V)
         logp[:, banned] = -np.inf
         if sentences:  # every live beam may end here: a whole sentence, kept if among the best so far
             for q, end in zip(seqs, scores + logp[:, BOUNDARY]):
