@@ -136,7 +136,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def check_run_files(run_dir: Path) -> None:
     """Before anything is written: every file a run writes must be a file (or absent)."""
-    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
+    for name in (*RUN_FILES, "config.yaml"):
         path = run_dir / name
         if os.path.lexists(path) and not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
@@ -147,7 +147,7 @@ def check_run_files(run_dir: Path) -> None:
 def nothing_to_resume(run_dir: Path) -> CheckpointError:
     """The error for --resume without last.npz, saying what the directory does hold."""
     path = run_dir / "last.npz"
-    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
+    found = [name for name in run_files(run_dir) if name != "last.npz"]  # best.npz, metrics.jsonl
     if "best.npz" in found:
         return CheckpointError(
             f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "
