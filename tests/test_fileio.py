@@ -76,18 +76,8 @@ def test_a_failed_rename_keeps_the_old_file_and_leaves_no_temporary_file(tmp_pat
     assert os.listdir(tmp_path) == ["m.txt"]
 
 
-def test_ctrl_c_inside_mkstemp_after_the_file_is_created_leaves_none(tmp_path, monkeypatch):
+def test_ctrl_c_inside_mkstemp_after_the_file_is_created_leaves_none(tmp_path, ctrl_c_right_after_create):
     """The temporary file exists but mkstemp never returned its name: it is still found and removed."""
-    real_open = os.open
-
-    def open_then_interrupt(name, flags, *args, **kwargs):
-        fd = real_open(name, flags, *args, **kwargs)
-        if flags & os.O_CREAT:
-            os.close(fd)
-            raise KeyboardInterrupt
-        return fd
-
-    monkeypatch.setattr(os, "open", open_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_atomically(tmp_path / "m.txt", lambda f: f.write(b"x"))
     assert os.listdir(tmp_path) == []
