@@ -11,7 +11,6 @@ ceiling spec times the matrix products alone (ceiling.py), a workers spec runs `
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import tempfile
@@ -54,7 +53,7 @@ def measure(spec: dict) -> dict:
         return {"chars_per_sec": round(ceiling_of_job(spec), 1), "peak_rss_mb": peak_rss_mb()}
     if spec.get("workers"):  # `rnnchar train --workers N` itself
         return measure_train(spec, overrides(spec))
-    from .config import load_config
+    from .config import LN2, load_config
     from .train import open_trainer
 
     cfg = load_config(spec.get("config"), overrides(spec))
@@ -78,7 +77,7 @@ def measure(spec: dict) -> dict:
                    ms_per_step=round(1000 * busy / timed, 2) if timed > 0 else None)
         if spec["quality"]:
             nats_per_char, n = trainer.validate(lambda: False)
-            out.update(val_bpc=round(nats_per_char / math.log(2), 4), val_chars=n)
+            out.update(val_bpc=round(nats_per_char / LN2, 4), val_chars=n)
         if spec.get("memory"):
             out.update(rss_now())
     out["peak_rss_mb"] = peak_rss_mb()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import zipfile
 import zlib
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .fileio import not_regular
+from .fileio import not_regular, write_atomically
 from .npz import NpzError, NpzReader, dtype_ok
 
 FORMAT_VERSION = 2
@@ -104,20 +103,6 @@ def _arrays_to_save(path: Path, ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; best effort (not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _signals_held():
     """Hold SIGINT/SIGTERM while a checkpoint is written: a Ctrl-C lands after the write, never
@@ -140,35 +125,14 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
 
 def _save(path: Path, ckpt: Checkpoint) -> None:
     arrays = _arrays_to_save(path, ckpt)
-    folder = path.parent
-    tmp = None
     try:
-        # named before it exists, so a Ctrl-C that lands anywhere after this line (a handler queued
-        # just before the signals were held runs at the next bytecode) still finds it in `finally`
-        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # created 0600; give the usual permissions
-        os.replace(tmp, path)
-        tmp = None
+        write_atomically(path, lambda f: np.savez(f, **arrays))
     except OSError as err:
         reason = err.strerror or str(err)
-        if not folder.is_dir():
-            reason = f"folder {folder} does not exist"
+        if not path.parent.is_dir():
+            reason = f"folder {path.parent} does not exist"
         raise CheckpointError(f"could not write checkpoint {path}: {reason}; "
                               "the previous checkpoint (if any) is untouched") from err
-    finally:
-        if tmp is not None:  # failed or interrupted (Ctrl-C): leave no half-written file behind
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    _fsync_dir(folder)
 
 
 def _check_file(path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib.util
 import math
 import os
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import yaml
 
+from .bundled import NoSuchConfig, find_config
 from .cells import ACTIVATIONS, CELLS, GATES
 from .model import CharModel
 from .optim import OPTIMIZERS
@@ -41,11 +41,11 @@ from .valuerules import (
     float_rule,
 )
 
+LN2 = math.log(2)  # bits = nats / LN2: losses are in nats, bits per character are reported
+
 
 class ConfigError(ValueError):
     """A bad config: unknown key, bad value, unreadable file. The message names the culprit."""
-
-
 
 
 def _key(default: Any, check, help: str):
@@ -198,43 +198,12 @@ def _build(raw: Any, where: str = "config") -> Config:
     return Config(**{section: SECTIONS[section](**(values or {})) for section, values in raw.items()})
 
 
-def _dir_of(package: str, top_level: str) -> Path:
-    """The folder of a bundled data package: installed (also as a namespace package) or source tree."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    found = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    fallback = Path(__file__).resolve().parent.parent / top_level  # editable install, source checkout
-    return next((p for p in found if p.is_dir()), fallback)
-
-
-def bundled_config_dir() -> Path:
-    """Folder of the bundled ``*.yaml`` configs (``--config lstm.yaml`` works from anywhere)."""
-    return _dir_of("rnnchar.configs", "configs")
-
-
-def bundled_corpus_path() -> Path:
-    """The bundled training text, used when ``data.corpus`` is null."""
-    return _dir_of("rnnchar.corpora", "corpora") / "sentences.txt"
-
-
 def resolve_config_path(name: str) -> Path:
     """An existing file (relative to the cwd) first, then a bundled config, with or without .yaml."""
-    given = Path(os.path.expanduser(str(name)))
-    if given.is_file():
-        return given.resolve()
-    if given.is_dir():
-        raise ConfigError(f"config {name}: is a directory, not a YAML file")
-    bundled = bundled_config_dir()
-    for candidate in (bundled / str(name), bundled / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    names = sorted(p.name for p in bundled.glob("*.yaml")) if bundled.is_dir() else []
-    close = difflib.get_close_matches(Path(str(name)).stem, [Path(n).stem for n in names], n=1)  # lstn: lstm
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"config {name}: no such file and no bundled config of that name "
-                      f"(bundled configs: {', '.join(names) or 'none'}){hint}")
+    try:
+        return find_config(str(name))
+    except NoSuchConfig as err:
+        raise ConfigError(f"config {name}: {err}") from None
 
 
 def _yaml(text: str, where: str) -> Any:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .batches import SentenceBatcher, StreamBatcher, sentence_batches, stream_batches
-from .config import Config, bundled_corpus_path
+from .bundled import bundled_corpus_path
+from .config import Config
 from .data import DataError, Vocab, encode_sentences, read_text, sentence_lines, split_train_val
 from .fileio import not_regular
 from .idcache import encode_file_to_ids

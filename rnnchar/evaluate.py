@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .batches import Batch, sentence_batches, stream_batches
-from .config import Config
+from .config import LN2, Config
 from .corpus import load_corpus
 from .data import UNKNOWN, DataError, Vocab, encode_sentences, sentence_lines
 from .model import CharModel
@@ -56,7 +56,7 @@ def result_from_nats(nats: float, n: int, unknown: int) -> EvalResult:
     """Bits per char and perplexity from total nats over n scored characters (NaN when n is 0)."""
     if n == 0:
         return EvalResult(float("nan"), float("nan"), 0, unknown)
-    return EvalResult(nats / n / math.log(2), perplexity(nats / n), n, unknown)
+    return EvalResult(nats / n / LN2, perplexity(nats / n), n, unknown)
 
 
 def batch_nats(model: CharModel, batches: Iterable[Batch], should_stop: Callable[[], bool] = lambda: False,
@@ -119,7 +119,7 @@ def score_lines(model: CharModel, vocab: Vocab, lines: list[str], mode: str) -> 
             mask = (ids[1:] != UNKNOWN).astype(np.float32)[:, None]
             res = model.loss(ids[:-1, None], ids[1:, None], mask, needs_backprop=False)
             nats, n = res.nats, int(mask.sum())
-        yield nats / n / math.log(2) if n else float("nan")
+        yield nats / n / LN2 if n else float("nan")
 
 
 def validation_score(model: CharModel, vocab: Vocab, cfg: Config) -> EvalResult:

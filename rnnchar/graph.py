@@ -27,7 +27,7 @@ import numpy as np
 
 from .fused import FusedOps
 from .gfsequence import GatedFeedbackOps
-from .mat import Mat, accumulate, sigmoid, unbroadcast
+from .mat import Mat, accumulate, sigmoid, softmax_parts, unbroadcast
 from .sequence import SequenceOps
 
 __all__ = ["Graph", "Mat", "OPS"]
@@ -237,24 +237,21 @@ class Graph(FusedOps, SequenceOps, GatedFeedbackOps):
     def softmax_cross_entropy(self, logits: Mat, targets, mask=None, denom: float = 1.0) -> float:
         """Sum over rows of mask * -log softmax(logits)[target], divided by `denom`.
 
-        Numerically stable (log-sum-exp). When recording, seeds `logits.dw` with
-        the gradient of exactly the returned value; masked rows contribute nothing.
+        Numerically stable (log-sum-exp, mat.softmax_parts). When recording, seeds `logits.dw`
+        with the gradient of exactly the returned value; masked rows contribute nothing.
         """
         targets = np.asarray(targets).reshape(-1)
         rows = np.arange(len(targets))
-        z = logits.w - logits.w.max(axis=1, keepdims=True)  # (N, V); becomes the gradient in place
-        picked = z[rows, targets]
-        np.exp(z, out=z)
-        sum_ez = z.sum(axis=1)
+        z, ez, sum_ez = softmax_parts(logits.w)  # (N, V), (N, V), (N,); ez becomes the gradient in place
         nll = np.log(sum_ez)
-        nll -= picked  # (N,)
+        nll -= z[rows, targets]  # (N,): -log softmax at the target
         weight = np.full(len(targets), 1.0 / denom) if mask is None else np.asarray(mask).reshape(-1) / denom
         loss = float(np.dot(nll.astype(np.float64), weight))
         if self.needs_backprop:
-            w = weight.astype(z.dtype)
-            z *= (w / sum_ez)[:, None]  # softmax * weight
-            z[rows, targets] -= w
-            accumulate(logits, z, donate=True)
+            w = weight.astype(ez.dtype)
+            ez *= (w / sum_ez)[:, None]  # softmax * weight
+            ez[rows, targets] -= w
+            accumulate(logits, ez, donate=True)
         return loss
 
 NOT_OPS = ("backward", "defer_grads")

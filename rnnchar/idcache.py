@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from .data import DataError, Vocab, count_code_points, normalise_newlines, read_error, utf8_error
-from .fileio import not_regular
+from .fileio import not_regular, write_atomically
 
 
 def _iter_text_chunks(path: Path, chunk_bytes: int, digest=None) -> Iterator[str]:
@@ -85,26 +84,21 @@ def _encode_chunks(path: Path, vocab: Vocab, n: int, chunk_chars: int, digest: s
         raise DataError(f"{path} changed while it was being encoded; try again")
 
 
-def _write_ids(tmp: Path, chunks: Iterator[np.ndarray], n: int, dtype: np.dtype) -> None:
+def _write_ids(f: BinaryIO, chunks: Iterator[np.ndarray], n: int, dtype: np.dtype) -> None:
     """An .npy file of n ids written with ordinary writes: a full disk is an OSError, never SIGBUS."""
-    with open(tmp, "wb") as f:
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
-        np.lib.format.write_array_header_1_0(f, header)
-        for ids in chunks:
-            f.write(ids.tobytes())
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+    np.lib.format.write_array_header_1_0(f, header)
+    for ids in chunks:
+        f.write(ids.tobytes())
 
 
-def _save_atomically(final: Path, write) -> None:
-    """write(tmp) then rename tmp over final, so no reader ever sees a half-written cache file."""
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+def _save_atomically(final: Path, write: Callable[[BinaryIO], object]) -> None:
+    """write(f) into a temporary file renamed over final, so no reader ever sees a half-written cache
+    file; a Ctrl-C or SIGTERM (KeyboardInterrupt in the CLI) removes it, a failed write is a DataError."""
     try:
-        write(tmp)
-        os.replace(tmp, final)
-    except BaseException as err:  # also Ctrl-C / SIGTERM (the CLI raises KeyboardInterrupt for both)
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise DataError(f"cannot write the id cache {final}: {err.strerror or err}") from err
-        raise
+        write_atomically(final, write, suffix=".tmp.npy")  # `.*.tmp.npy`: what RunLock sweeps in cache/
+    except OSError as err:
+        raise DataError(f"cannot write the id cache {final}: {err.strerror or err}") from err
 
 
 def _key(digest: str, what: str | bytes) -> str:
@@ -185,8 +179,8 @@ def encode_file_to_ids(path, vocab: Vocab | None, min_count: int, cache_dir,
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create the cache directory {cache_dir}: {err.strerror or err}") from None
-    _save_atomically(ids_path, lambda tmp: _write_ids(tmp, chunks, n, dtype))
+    _save_atomically(ids_path, lambda f: _write_ids(f, chunks, n, dtype))
     if built:
-        _save_atomically(vocab_path, lambda tmp: np.save(tmp, use.to_array()))
+        _save_atomically(vocab_path, lambda f: np.save(f, use.to_array()))
     _remove_stale(cache_dir, {ids_path, vocab_path})
     return use, np.load(ids_path, mmap_mode="r", allow_pickle=False)

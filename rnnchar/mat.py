@@ -111,6 +111,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return sigmoid_(np.array(x, copy=True))
 
 
+def softmax_parts(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The numerically stable softmax of (N, V) logits, row by row, in the pieces its users need:
+    (z, e, s) with z = logits - row max (N, V), e = exp(z) (N, V) and s = e.sum(axis=1) (N,). The row
+    max of z is 0, so exp cannot overflow and s >= 1: log softmax = z - log(s), softmax = e / s."""
+    z = logits - logits.max(axis=1, keepdims=True)  # (N, V)
+    e = np.exp(z)                                    # (N, V)
+    return z, e, e.sum(axis=1)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of (N, V) logits, row by row (stable: softmax_parts), in their dtype."""
+    z, _, s = softmax_parts(logits)
+    return z - np.log(s)[:, None]  # (N, V)
+
+
 def half_columns(a: np.ndarray, n: int) -> np.ndarray:
     """A copy of `a` with its first `n` columns halved: pre-activations of sigmoid gates come out
     as z / 2, ready for tanh (sigmoid(z) = (1 + tanh(z / 2)) / 2, exact in binary floating point)."""

@@ -15,12 +15,11 @@ import logging
 import math
 import time
 
-from .config import lr_at
+from .config import LN2, lr_at
 from .evaluate import perplexity
 from .runs import write_atomic
 
 log = logging.getLogger("rnnchar")
-LN2 = math.log(2)
 PROGRESS_EVERY_S = 30.0  # plain progress lines when stderr is not a terminal (no progress bar)
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import LN2, ConfigError, load_config
 from .npz import NpzReader
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
@@ -86,7 +86,7 @@ def train_bpc_of(rec: dict) -> float | None:
     if "train_bpc" in rec:
         return _number(rec["train_bpc"])
     nats = _number(rec.get("train_loss_nats", rec.get("train_loss")))
-    return None if nats is None else nats / math.log(2)
+    return None if nats is None else nats / LN2
 
 
 def _checkpoint_meta(path: Path) -> dict:

@@ -19,6 +19,7 @@ from .cells import state_shapes
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, build_model, config_from_dict
 from .data import DataError, Vocab
+from .fileio import write_atomically
 from .model import CharModel, ShapeError, param_shapes
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")  # any of them: the directory holds a run
@@ -125,21 +126,17 @@ def load_model(path: Path) -> tuple[CharModel, Vocab, Config]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by a complete new file (temp file + rename): a failure leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Replace `path` by a complete new file (fileio.write_atomically): a failure leaves the old one."""
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
     except OSError as err:
         raise CheckpointError(f"could not write {path}: {err.strerror or err}; the previous {path.name} "
                               "(if any) is untouched") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_run_files(run_dir: Path) -> None:
     """Before anything is written: every file a run writes must be a file (or absent)."""
-    for name in ("last.npz", "best.npz", "metrics.jsonl", "config.yaml"):
+    for name in (*RUN_FILES, "config.yaml"):
         path = run_dir / name
         if os.path.lexists(path) and not path.is_file():
             what = "a directory" if path.is_dir() else "not a regular file"
@@ -150,7 +147,7 @@ def check_run_files(run_dir: Path) -> None:
 def nothing_to_resume(run_dir: Path) -> CheckpointError:
     """The error for --resume without last.npz, saying what the directory does hold."""
     path = run_dir / "last.npz"
-    found = [n for n in ("best.npz", "metrics.jsonl") if os.path.lexists(run_dir / n)]
+    found = [name for name in run_files(run_dir) if name != "last.npz"]  # best.npz, metrics.jsonl
     if "best.npz" in found:
         return CheckpointError(
             f"nothing to resume: {path} does not exist, but {run_dir} holds {' and '.join(found)} (a run "

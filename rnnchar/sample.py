@@ -26,13 +26,14 @@ few characters nearly always wins. Stream models: continuations of exactly
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from .config import LN2
 from .data import BOUNDARY, UNKNOWN, Vocab
+from .mat import log_softmax
 from .model import CharModel
 
 MAX_SENTENCE = 1000  # a sentence model that never emits the boundary stops here
@@ -124,14 +125,8 @@ class Beam:
     def as_dict(self) -> dict:
         per_char = self.per_char
         return {"text": self.text, "logprob": round(self.logprob, 6), "logprob_per_char": round(per_char, 6),
-                "bits_per_char": round(-per_char / math.log(2), 6), "chars": self.chars,
+                "bits_per_char": round(-per_char / LN2, 6), "chars": self.chars,
                 "finished": self.finished}
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def _start_ids(vocab: Vocab, prime: str, sentences: bool) -> np.ndarray:
@@ -154,7 +149,7 @@ def beam_search(model: CharModel, vocab: Vocab, width: int, prime: str = "", max
     banned = [UNKNOWN] if sentences else [BOUNDARY, UNKNOWN]
     seqs, scores, done = [[]], np.zeros(1), []
     for t in range(max_len):
-        logp = _log_softmax(logits)                                  # (k, V)
+        logp = log_softmax(logits.astype(np.float64))                # (k, V)
         logp[:, banned] = -np.inf
         if sentences:  # every live beam may end here: a whole sentence, kept if among the best so far
             for q, end in zip(seqs, scores + logp[:, BOUNDARY]):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .comm import SingleComm
-from .config import Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
+from .config import LN2, Config, build_model, config_from_dict, config_to_dict, config_to_yaml, lr_at
 from .corpus import Corpus, load_corpus
 from .data import Vocab
 from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, reduce_step, share, take_rows
@@ -34,7 +34,7 @@ from .evaluate import batch_nats
 from .finetune import FineTune
 from .model import ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
-from .progress import LN2, PlainProgress, evaluate_log_and_keep_best, rewrite_metrics
+from .progress import PlainProgress, evaluate_log_and_keep_best, rewrite_metrics
 from .runs import check_run_files, checkpoint_shapes, nothing_to_resume, resume_diffs, write_atomic
 from .sample import sample_sentences, sample_stream
 

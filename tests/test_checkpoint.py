@@ -123,19 +123,9 @@ def test_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_right_after_the_temp_file_is_created_leaves_none(tmp_path, monkeypatch):
+def test_ctrl_c_right_after_the_temp_file_is_created_leaves_none(tmp_path, ctrl_c_right_after_create):
     """A handler queued just before the signals were held runs at the next bytecode, which can be
     inside the call that creates the temporary file: the file exists, its name not yet returned."""
-    real_open = os.open
-
-    def open_then_interrupt(path, flags, *args, **kwargs):
-        fd = real_open(path, flags, *args, **kwargs)
-        if flags & os.O_CREAT:
-            os.close(fd)
-            raise KeyboardInterrupt
-        return fd
-
-    monkeypatch.setattr(os, "open", open_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "m.npz", make_ckpt())
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rnnchar import config as C
+from rnnchar import bundled as B
 from rnnchar.config import (
     Config,
     ConfigError,
@@ -48,7 +48,7 @@ def bundled(tmp_path, monkeypatch):
     folder.mkdir()
     write(folder / "lstm.yaml", "model: {cell: lstm, hidden_sizes: [16]}\n")
     write(folder / "gru.yaml", "model: {cell: gru}\n")
-    monkeypatch.setattr(C, "bundled_config_dir", lambda: folder)
+    monkeypatch.setattr(B, "bundled_config_dir", lambda: folder)
     return folder
 
 
@@ -228,8 +228,8 @@ def test_corpus_override_is_relative_to_cwd(tmp_path, monkeypatch):
 
 def test_bundled_dirs_are_found():
     """Source checkout / editable install: top-level configs/ and corpora/; wheel: rnnchar/configs."""
-    assert C.bundled_config_dir().is_dir() and C.bundled_config_dir().name == "configs"
-    corpus = C.bundled_corpus_path()
+    assert B.bundled_config_dir().is_dir() and B.bundled_config_dir().name == "configs"
+    corpus = B.bundled_corpus_path()
     assert corpus.name == "sentences.txt" and corpus.parent.is_dir() and corpus.parent.name == "corpora"
 
 
@@ -338,7 +338,7 @@ def test_lr_negative_step():
         lr_at(train_cfg(), -1)
 
 
-@pytest.mark.parametrize("path", sorted(C.bundled_config_dir().glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(B.bundled_config_dir().glob("*.yaml")), ids=lambda p: p.name)
 def test_every_bundled_config_loads(path):
     cfg = load_config(path.name)
     assert cfg.model.cell in ("rnn", "lstm", "gru", "gf-rnn", "gf-gru", "gf-lstm")

@@ -11,6 +11,7 @@ import pytest
 from rnnchar import Graph, Mat
 from rnnchar.cells import stack_shapes
 from rnnchar.graph import NOT_OPS, OPS
+from rnnchar.mat import log_softmax
 
 from gradcheck import numeric_grad, rel_error
 
@@ -196,6 +197,20 @@ def test_softmax_cross_entropy_is_stable_and_masked():
     loss = g.softmax_cross_entropy(z, np.array([0, 0, 1]), np.array([1.0, 1.0, 0.0]))
     assert np.isclose(loss, 1000.0)  # row 0 costs ~0, row 1 costs 1000, row 2 masked
     assert np.all(z.dw[2] == 0) and np.all(np.isfinite(z.dw))
+
+
+def test_log_softmax_is_stable_and_is_what_the_loss_charges():
+    """One stable softmax (mat.softmax_parts) behind the loss and beam search's log_softmax."""
+    logits = np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0], [-800.0, -800.0, -800.0]])
+    logp = log_softmax(logits)
+    expected = np.array([[0.0, -1000.0, -2000.0],
+                         [-2 - np.log(1 + np.exp(-1) + np.exp(-2)), -1 - np.log(1 + np.exp(-1) + np.exp(-2)),
+                          -np.log(1 + np.exp(-1) + np.exp(-2))],
+                         [-np.log(3.0)] * 3])  # by hand; a naive log(exp(x) / sum) gives nan and -inf here
+    np.testing.assert_allclose(logp, expected, rtol=1e-12, atol=1e-12)
+    targets = np.array([1, 2, 0])
+    loss = Graph(needs_backprop=False).softmax_cross_entropy(Mat(logits), targets)
+    assert loss == pytest.approx(-logp[np.arange(3), targets].sum(), rel=1e-12)
 
 
 def test_float32_stays_float32():

@@ -2,7 +2,7 @@
 
     cli bench benchjob benchpar commands traincmd  ->  workers train progress sample evaluate finetune plot
                ->  comm datapar corpus runs data batches idcache config checkpoint npz safeyaml report text
-                   fileio
+                   fileio bundled
                ->  model  ->  cells optim  ->  graph fused sequence gfsequence mat (and ceiling, for bench)
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
@@ -25,11 +25,12 @@ LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its laye
     "workers": 1, "train": 1, "progress": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
     "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
     "batches": 2, "valuerules": 2, "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
+    "bundled": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "sequence": 5, "gfsequence": 5, "mat": 5, "ceiling": 5,
 }
-STORE = "corpus runs data batches idcache config checkpoint npz safeyaml fileio"
+STORE = "corpus runs data batches idcache config checkpoint npz safeyaml fileio bundled"
 CORE = "model cells optim graph fused sequence gfsequence mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
@@ -49,11 +50,11 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "plot": ("report", "matplotlib"),  # matplotlib imported only when a file is asked for
     "sample": (f"{STORE} {CORE}", "numpy"),
     "evaluate": (f"{STORE} {CORE}", "numpy tqdm"),
-    "corpus": (f"data batches idcache config fileio {CORE}", "numpy"),
-    "runs": (f"checkpoint config data {CORE}", "numpy"),
+    "corpus": (f"data batches idcache config fileio bundled {CORE}", "numpy"),
+    "runs": (f"checkpoint config data fileio {CORE}", "numpy"),
     "report": ("config npz", ""),
     "text": ("", ""),
-    "config": (f"safeyaml valuerules {CORE}", "numpy yaml"),
+    "config": (f"safeyaml valuerules bundled {CORE}", "numpy yaml"),
     "valuerules": ("", ""),
     "safeyaml": ("", "yaml"),
     "checkpoint": ("npz fileio", "numpy"),
@@ -61,7 +62,8 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "idcache": ("data fileio", "numpy"),
     "data": ("fileio", "numpy"),
     "batches": ("data", "numpy"),  # Batch, the sentence and stream batchers, evaluation batching
-    "fileio": ("", ""),  # regular-file checks and the capped reader, shared by data and checkpoint
+    "bundled": ("", ""),  # the configs and corpus shipped with rnnchar, found from any directory
+    "fileio": ("", ""),  # regular-file checks, the capped reader, the one atomic write
     "model": ("cells optim graph fused sequence gfsequence mat", "numpy"),
     "cells": ("graph fused sequence gfsequence mat", "numpy"),
     "optim": ("graph mat", "numpy"),

@@ -70,8 +70,8 @@ def test_full_disk_simulated_in_process_is_a_data_error(tmp_path, monkeypatch):
     path = tmp_path / "c.txt"
     path.write_text(CORPUS_TEXT, encoding="utf-8")
 
-    def full(tmp, chunks, n, dtype):
-        tmp.write_bytes(b"partial")
+    def full(f, chunks, n, dtype):
+        f.write(b"partial")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(idcache, "_write_ids", full)
     with pytest.raises(DataError, match="No space left"):

@@ -24,6 +24,7 @@ from cli_procs import (
 )
 
 from rnnchar.checkpoint import load_checkpoint
+from rnnchar.runs import nothing_to_resume
 
 LONG = ["--set", "train.steps=1000000", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=20"]
 
@@ -60,6 +61,21 @@ def test_best_or_metrics_without_last_is_a_run_that_is_not_overwritten(work):
     assert_fails(r["metrics-only"], 1, "already holds a run (metrics.jsonl)")
     for name, files in before.items():
         assert _snapshot(work / name) == files
+
+
+@pytest.mark.parametrize("held, says", [
+    ((), "last.npz does not exist; pass --overwrite"),
+    (("metrics.jsonl",), "r holds only metrics.jsonl); pass --overwrite"),
+    (("best.npz", "metrics.jsonl"), "r holds best.npz and metrics.jsonl (a run stopped before"),
+    (("best.npz",), "r holds best.npz (a run stopped before"),
+])
+def test_nothing_to_resume_names_what_the_directory_holds(tmp_path, held, says):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "last.npz").symlink_to(tmp_path / "gone.npz")  # dangling: no last.npz to resume
+    for name in held:
+        (run_dir / name).write_text("x")
+    assert says in str(nothing_to_resume(run_dir))
 
 
 def test_resume_without_last_but_with_best_says_what_to_do(work):
