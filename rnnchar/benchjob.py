@@ -48,8 +48,10 @@ def rss_now() -> dict:
 
 def measure(spec: dict) -> dict:
     """Train for spec['steps'] steps in a temporary run directory (runs inside the subprocess)."""
-    if spec.get("ceiling_run"):  # the same products alone
+    if spec.get("ceiling_run"):  # the same products alone, with the allocator training uses
         from .ceiling import ceiling_of_job
+        from .heap import keep_freed_memory
+        keep_freed_memory()
         return {"chars_per_sec": round(ceiling_of_job(spec), 1), "peak_rss_mb": peak_rss_mb()}
     if spec.get("workers"):  # `rnnchar train --workers N` itself
         return measure_train(spec, overrides(spec))

@@ -2,7 +2,7 @@
 
     cli bench benchjob benchpar commands traincmd  ->  workers train progress sample evaluate finetune plot
                ->  comm datapar corpus runs data batches idcache config checkpoint npz safeyaml report text
-                   fileio bundled
+                   fileio bundled heap
                ->  model  ->  cells optim  ->  graph fused sequence gfsequence mat (and ceiling, for bench)
 
 Imports are read from the source (the AST, so imports inside functions count too). A new
@@ -25,12 +25,12 @@ LAYER = {  # the picture, top (0) to bottom: an allowed import stays in its laye
     "workers": 1, "train": 1, "progress": 1, "sample": 1, "evaluate": 1, "finetune": 1, "plot": 1,
     "corpus": 2, "runs": 2, "data": 2, "idcache": 2, "config": 2, "checkpoint": 2, "report": 2, "text": 2,
     "batches": 2, "valuerules": 2, "npz": 2, "safeyaml": 2, "comm": 2, "datapar": 2, "fileio": 2,
-    "bundled": 2,
+    "bundled": 2, "heap": 2,
     "model": 3,
     "cells": 4, "optim": 4,
     "graph": 5, "fused": 5, "sequence": 5, "gfsequence": 5, "mat": 5, "ceiling": 5,
 }
-STORE = "corpus runs data batches idcache config checkpoint npz safeyaml fileio bundled"
+STORE = "corpus runs data batches idcache config checkpoint npz safeyaml fileio bundled heap"
 CORE = "model cells optim graph fused sequence gfsequence mat"
 ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the standard library)
     "__init__": ("graph optim", ""),  # the library's face: the autodiff core and the optimizers
@@ -39,7 +39,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "traincmd": ("comm config runs train workers", "click numpy tqdm"),  # `rnnchar train` around the Trainer
     "commands": (f"sample evaluate plot report text {STORE}", "click"),  # prep, runs, plot
     "bench": (f"__init__ benchjob benchpar train sample evaluate {STORE} {CORE} ceiling", "numpy"),
-    "benchjob": ("benchpar ceiling config train", ""),  # one measurement, inside its subprocess
+    "benchjob": ("benchpar ceiling config heap train", ""),  # one measurement, inside its subprocess
     "benchpar": ("checkpoint", ""),  # runs `rnnchar train --workers N` as a subprocess
     "workers": ("train comm config", "numpy tqdm"),  # local worker processes, joining an MPI job
     "train": (f"progress sample evaluate finetune comm datapar {STORE} {CORE}", "numpy tqdm"),
@@ -63,6 +63,7 @@ ALLOWED = {  # module: (rnnchar modules it may import, packages beyond the stand
     "data": ("fileio", "numpy"),
     "batches": ("data", "numpy"),  # Batch, the sentence and stream batchers, evaluation batching
     "bundled": ("", ""),  # the configs and corpus shipped with rnnchar, found from any directory
+    "heap": ("", ""),  # glibc's malloc thresholds: freed arrays stay mapped for the next step
     "fileio": ("", ""),  # regular-file checks, the capped reader, the one atomic write
     "model": ("cells optim graph fused sequence gfsequence mat", "numpy"),
     "cells": ("graph fused sequence gfsequence mat", "numpy"),
