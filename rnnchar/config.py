@@ -27,6 +27,7 @@ from .optim import OPTIMIZERS
 from .safeyaml import YamlRefused, clipped, load_yaml, shown
 from .valuerules import (
     ANY_FLOAT,
+    BATCH_TOKENS,
     NONNEG_FLOAT,
     NONNEG_INT,
     OFF_INT,
@@ -106,8 +107,10 @@ class DataConfig(_Section):
     max_line_len: int = _key(500, POS_INT, "sentences mode: maximum line length in characters")
     stream_order: str = _key("sequential", choice("sequential", "random"),
                            "stream mode: sequential windows, state carried; or random windows, zero state")
-    max_batch_tokens: int = _key(2048, OFF_INT, "characters (B x T) per forward/backward pass; bigger "
-                                 "batches run as row groups adding up to the same gradient, 0 = off")
+    max_batch_tokens: int | str = _key(
+        "auto", BATCH_TOKENS, "characters (B x T) per forward/backward pass; bigger batches run as row "
+        "groups adding up to the same gradient; auto = in sentences mode the memory of 2,048 characters "
+        "of the default model, off in stream mode; 0 = off")
 
 
 @dataclass

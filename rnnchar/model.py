@@ -43,6 +43,11 @@ def param_shapes(vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), e
     return shapes
 
 
+# data.max_batch_tokens: auto, in sentences mode: the activation memory of 2,048 characters of the
+# default model ([128, 128], embedding 32, ~96 characters, float32): about 45 MB a forward/backward pass
+AUTO_BATCH_BYTES = 2048 * 4 * (20 * 256 + 4 * 96 + 32)
+
+
 class CharModel:
     """Embedding (V, E) -> cells -> decoder (H_top, V) with bias."""
 
@@ -52,6 +57,7 @@ class CharModel:
                  dropout: float = 0.0, rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.V, self.dtype, self.dropout = vocab_size, np.dtype(dtype), float(dropout)
+        self.hidden_sizes, self.embed_size = list(hidden_sizes), embed_size
         self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
                                 init_scale=init_scale, forget_bias=forget_bias, activation=activation,
                                 candidate_gain=candidate_gain)
@@ -67,6 +73,16 @@ class CharModel:
         # mixes all layers inside one step, so there only the top layer's output before the decoder
         between = getattr(self.stack, "takes_dropout_masks", False)
         self.dropout_widths = list(hidden_sizes) if between else [H]
+
+    def bytes_per_token(self) -> int:
+        """About what one character of a batch holds in memory through its forward and backward pass:
+        ~20 values per hidden unit of each layer (gates, activations, derivatives, states), 4 per
+        vocabulary entry (logits, softmax, their gradient) and its embedding row."""
+        return self.dtype.itemsize * (20 * sum(self.hidden_sizes) + 4 * self.V + self.embed_size)
+
+    def tokens_within(self, budget_bytes: int) -> int:
+        """Characters per forward/backward pass that fit in `budget_bytes` of activations (at least 1)."""
+        return max(1, budget_bytes // self.bytes_per_token())
 
     @property
     def flat_grad(self) -> np.ndarray:

@@ -26,7 +26,7 @@ DEFAULTS = {
               "candidate_gain": 2.0, "dropout": 0.0},
     "data": {"corpus": None, "mode": "sentences", "val_fraction": 0.05, "min_count": 1, "batch_size": 32,
              "seq_len": 64, "max_line_len": 500, "stream_order": "sequential",
-             "max_batch_tokens": 2048},
+             "max_batch_tokens": "auto"},
     "train": {"steps": 3000, "optimizer": "rmsprop", "lr": 0.002, "regc": 1.0e-6, "clip": 5.0,
               "clip_norm": 0.0, "lr_schedule": "constant", "lr_decay": 0.5, "lr_decay_every": 1000,
               "lr_decay_steps": 0,

@@ -185,3 +185,24 @@ def test_stream_row_groups_carry_the_state_like_whole_batches(tmp_path):
             np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-12)
     for k in params_a:
         np.testing.assert_allclose(params_b[k], params_a[k], rtol=1e-8, atol=1e-12, err_msg=k)
+
+
+def test_auto_batch_cap_holds_the_default_models_memory_for_any_model_size():
+    from rnnchar.model import AUTO_BATCH_BYTES
+    from rnnchar.train import _token_cap
+
+    def cap(*sets):
+        cfg = load_config(None, list(sets))
+        return _token_cap(cfg, build_model(cfg, 96)), cfg
+    default, cfg = cap()
+    assert default == 2048  # the default model: the memory of 2,048 characters, as the cap was before
+    demo, _ = cap("model.hidden_sizes=[20, 20]", "model.embed_size=5")
+    assert demo > 32 * 200  # the RecurrentJS demo model: a batch of 32 long sentences in one pass
+    wide, _ = cap("model.hidden_sizes=[512, 512]")
+    assert 400 < wide < 600  # 4x the units: about a quarter of the characters
+    double, _ = cap("model.dtype=float64")
+    assert double == 1024
+    assert cap("data.mode=stream")[0] == 0  # B x seq_len is fixed by the config: never split
+    assert cap("data.max_batch_tokens=300")[0] == 300 and cap("data.max_batch_tokens=0")[0] == 0
+    assert cap("data.mode=stream", "data.max_batch_tokens=40")[0] == 40
+    assert build_model(cfg, 96).bytes_per_token() * default <= AUTO_BATCH_BYTES
