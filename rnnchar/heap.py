@@ -11,8 +11,12 @@ the top of the heap back to the kernel; either way the next step faults every
 page in again and the kernel zeroes it. Measured on the small LSTM (embed 64,
 [128, 128], batch 32, seq 64): 5,600 page faults and ~15 ms of kernel time in a
 ~55 ms step; with the thresholds raised, 40 faults and 42 ms a step (README,
-"Performance"). The cost is that the process keeps up to TRIM_BYTES of freed
-memory resident instead of returning it, which a training run reuses anyway.
+"Performance"). Blocks over glibc's largest mmap threshold (32 MiB: a [512,
+512] layer's gates) would still be mapped afresh, so mmap is not used for
+blocks at all (M_MMAP_MAX 0: they come from the heap; glibc still maps more
+heap if it cannot grow it): 3-5% on that model. The cost is that the process
+keeps up to TRIM_BYTES of freed memory resident instead of returning it, which
+a training run reuses anyway.
 
 Only glibc has `mallopt`; elsewhere (musl, macOS) this does nothing and says so.
 Imports the standard library only.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h> parameter numbers
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's <malloc.h> parameter numbers
 MMAP_BYTES = 32 * 2**20   # glibc's largest allowed mmap threshold on 64-bit systems
 TRIM_BYTES = 256 * 2**20  # free memory kept at the top of the heap before any is returned
 
@@ -31,7 +35,8 @@ _done: bool | None = None
 
 
 def keep_freed_memory() -> bool:
-    """Raise glibc's mmap and trim thresholds for this process (idempotent); False where unsupported."""
+    """Raise glibc's mmap and trim thresholds and stop it mapping blocks of their own, for this process
+    (idempotent); False where unsupported."""
     global _done
     if _done is None:
         try:
@@ -41,5 +46,6 @@ def keep_freed_memory() -> bool:
             _done = False
         else:
             mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-            _done = all([mallopt(M_MMAP_THRESHOLD, MMAP_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_BYTES)])
+            _done = all([mallopt(M_MMAP_THRESHOLD, MMAP_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_BYTES),
+                         mallopt(M_MMAP_MAX, 0)])
     return _done
