@@ -72,14 +72,30 @@ def _squash(a: np.ndarray, n: int) -> np.ndarray:
     return a
 
 
-def _derivatives(act: np.ndarray, n: int) -> np.ndarray:
-    """From activations in gate blocks (G, ...): s (1 - s) for the first `n` blocks, 1 - t^2 for the rest."""
+def _derivatives(act: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
+    """From activations in gate blocks along `axis` (0: (G, ...), 1: (T, G, ...)): s (1 - s) for the
+    first `n` blocks, 1 - t^2 for the rest."""
     d = 1 - act
     d *= act
-    t = act[n:]
-    np.multiply(t, t, out=d[n:])
-    np.subtract(1, d[n:], out=d[n:])
+    t, dt = (act[n:], d[n:]) if axis == 0 else (act[:, n:], d[:, n:])
+    np.multiply(t, t, out=dt)
+    np.subtract(1, dt, out=dt)
     return d
+
+
+LSTM_ORDER = (2, 0, 1, 3)  # lstm_layer's block k is the parameters' block LSTM_ORDER[k]: o, i, f, g
+
+
+def _order_columns(H: int) -> np.ndarray:
+    """Column indices that reorder (n, 4H) from the parameters' i, f, o, g blocks to o, i, f, g."""
+    return np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_ORDER])
+
+
+def _halved(W: np.ndarray, n: int) -> np.ndarray:
+    """A copy of W (n_rows, G*H) with its first `n` columns (the sigmoid gates') halved."""
+    W = W.copy()
+    W[:, :n] *= 0.5
+    return W
 
 
 def _start(dfinal: np.ndarray | None, like: np.ndarray) -> np.ndarray:
@@ -91,61 +107,78 @@ class SequenceOps:
     """lstm_layer, gru_layer, rnn_layer: a whole plain recurrent layer as one op."""
 
     def lstm_layer(self, x: Mat, Wx: Mat, b: Mat, Wh: Mat, h0: Mat, c0: Mat) -> tuple[Mat, Mat, Mat]:
-        """LSTM over T steps (gates i, f, o, g): returns (h for every step (T*B, H), h_T, c_T)."""
+        """LSTM over T steps (gates i, f, o, g): returns (h for every step (T*B, H), h_T, c_T).
+
+        Time-major, step by step contiguous: Z[t] holds step t's gates in the order o, i, f, g (sigmoid
+        blocks first, halved as sigmoid(z) = (1 + tanh(z / 2)) / 2) and then c_{t-1}, so that i*g and
+        f*c_{t-1} are one product of (i, f) with (g, c_{t-1}). At B = 1 a step's (4, 1, H) gates are a
+        (1, 4H) row, and each step's recurrent product is one matrix product forward and one back."""
         B, H = h0.shape
-        act = _project(x, Wx, b, 4, B, halve=3)  # (4, T, B, H): pre-activations, then activations;
-        # i, f, o halved, as sigmoid(z) = (1 + tanh(z / 2)) / 2
-        T = act.shape[1]
-        Wh4 = _blocks(Wh.w, 4)           # (4, H, H)
-        Wh4[:3] *= 0.5
-        i, f, o, gg = act
-        hs = np.empty((T + 1, B, H), act.dtype)  # hs[0] = h0, hs[t + 1] = h_t
-        cs = np.empty_like(hs)
-        tcs = np.empty((T, B, H), act.dtype)     # tanh(c_t)
-        hs[0], cs[0] = h0.w, c0.w
-        rec, ig = np.empty((4, B, H), act.dtype), np.empty((B, H), act.dtype)
-        for t in range(T):
-            a = act[:, t]
-            np.matmul(hs[t], Wh4, out=rec)
-            a += rec
-            _squash(a, 3)
-            np.multiply(f[t], cs[t], out=cs[t + 1])
-            np.multiply(i[t], gg[t], out=ig)
-            cs[t + 1] += ig
-            np.tanh(cs[t + 1], out=tcs[t])
-            np.multiply(o[t], tcs[t], out=hs[t + 1])
+        T = x.shape[0] // B
+        Z = np.empty((T + 1, 5, B, H), h0.w.dtype)  # Z[T]: only c_T (block 4) is used
+        xp = (x.w @ _halved(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
+        bias = _halved(b.w, 3 * H).reshape(4, 1, H)
+        for k, src in enumerate(LSTM_ORDER):  # one pass: the bias added while reordering into Z
+            np.add(xp[:, :, src], bias[src], out=Z[:T, k])
+        del xp
+        Z[0, 4] = c0.w
+        row = B == 1
+        W_rec = _halved(Wh.w, 3 * H)[:, _order_columns(H)]  # (H, 4H) in the order o, i, f, g
+        W_rec = W_rec if row else _blocks(W_rec, 4)           # (4, H, H) blocks when B > 1
+        hs, tcs = np.empty((T + 1, B, H), Z.dtype), np.empty((T, B, H), Z.dtype)  # hs[t + 1] = h_t
+        hs[0] = h0.w
+        rec, prod = np.empty((1, 4 * H) if row else (4, B, H), Z.dtype), np.empty((2, B, H), Z.dtype)
+        rec4 = rec.reshape(4, B, H)
+        for z, h, h_new, c_new, tc in zip(Z[:T], hs[:-1], hs[1:], Z[1:, 4], tcs):
+            np.matmul(h, W_rec, out=rec)
+            gates = z[:4]
+            gates += rec4
+            _squash(gates, 3)
+            np.multiply(z[1:3], z[3:5], out=prod)  # i * g, f * c_{t-1}
+            np.add(prod[0], prod[1], out=c_new)
+            np.tanh(c_new, out=tc)
+            np.multiply(z[0], tc, out=h_new)
 
         def back(dhs, dhT, dcT):
-            # factors for all steps at once: d pre = dc * (g i', c_prev f', -, i g') and dh * tanh(c) o'
-            dpre = _derivatives(act, 3)
-            dpre[0] *= gg
-            dpre[1] *= cs[:-1]
-            dpre[2] *= tcs
-            dpre[3] *= i
+            # per-step factors for all steps at once: d pre = (dh tanh(c) o', dc g i', dc c_prev f', dc i g')
+            dpre = _derivatives(Z[:T, :4], 3, axis=1)  # (T, 4, B, H)
+            dpre[:, 0] *= tcs
+            for k, factor in ((1, 3), (2, 4), (3, 1)):  # i' * g, f' * c_{t-1}, g' * i
+                dpre[:, k] *= Z[:T, factor]
             dc_dh = 1 - tcs * tcs
-            dc_dh *= o
-            WhT4 = np.ascontiguousarray(Wh.w.reshape(H, 4, H).transpose(1, 2, 0))  # block k's Wh^T
-            dh, dc, tmp = _start(dhT, h0.w), _start(dcT, c0.w), np.empty((B, H), act.dtype)
+            dc_dh *= Z[:T, 0]  # o (1 - tanh(c)^2)
+            WT = np.ascontiguousarray(Wh.w[:, _order_columns(H)].T)  # (4H, H), blocks o, i, f, g
+            WT = WT if row else WT.reshape(4, H, H)  # (4, H, H) blocks Wh_k^T when B > 1
+            dh, dc, tmp = _start(dhT, h0.w), _start(dcT, c0.w), np.empty((B, H), Z.dtype)
             dH = None if dhs is None else dhs.reshape(T, B, H)
             for t in range(T - 1, -1, -1):
                 if dH is not None:
                     dh += dH[t]
                 np.multiply(dh, dc_dh[t], out=tmp)
                 dc += tmp
-                dpre[:2, t] *= dc
-                dpre[3, t] *= dc
-                dpre[2, t] *= dh
-                dc *= f[t]
-                np.matmul(dpre[:, t], WhT4, out=rec)
-                np.add(rec[0], rec[1], out=dh)  # three adds: 2x faster than a sum over axis 0
-                dh += rec[2]
-                dh += rec[3]
-            dpre = dpre.reshape(4, T * B, H)
-            accumulate(Wh, _unblocks(np.matmul(hs[:-1].reshape(T * B, H).T, dpre)), donate=True)
+                d = dpre[t]
+                d[0] *= dh
+                d[1:] *= dc
+                dc *= Z[t, 2]  # f
+                if row:
+                    np.matmul(d.reshape(1, 4 * H), WT, out=dh)
+                else:
+                    np.matmul(d, WT, out=rec)
+                    np.add(rec[0], rec[1], out=dh)  # three adds: 2x faster than a sum over axis 0
+                    dh += rec[2]
+                    dh += rec[3]
+            drow = np.empty((T, B, 4, H), Z.dtype)  # back to rows t*B + b and the order i, f, o, g
+            for k, src in enumerate(LSTM_ORDER):
+                drow[:, :, src] = dpre[:, k]
+            drow = drow.reshape(T * B, 4 * H)
+            del dpre
+            accumulate(Wh, hs[:-1].reshape(T * B, H).T @ drow, donate=True)
             accumulate(h0, dh, donate=True)
             accumulate(c0, dc, donate=True)
-            _project_back(x, Wx, b, dpre)
-        return self._record((Mat(hs[1:].reshape(T * B, H)), Mat(hs[T].copy()), Mat(cs[T].copy())), back)
+            accumulate(Wx, x.w.T @ drow, donate=True)
+            accumulate(b, drow.sum(axis=0, keepdims=True), donate=True)
+            accumulate(x, drow @ Wx.w.T, donate=True)
+        return self._record((Mat(hs[1:].reshape(T * B, H)), Mat(hs[T].copy()), Mat(Z[T, 4].copy())), back)
 
     def gru_layer(self, x: Mat, Wx: Mat, b: Mat, Wh: Mat, Whn: Mat, h0: Mat) -> tuple[Mat, Mat]:
         """GRU over T steps: zr = sigmoid(x Wx_zr + h Wh), n = tanh(x Wx_n + (r h) Whn),

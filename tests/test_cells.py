@@ -198,11 +198,12 @@ def whole_layer(g, lay, x, state):
     return g.rnn_layer(x, p["Wx"], p["b"], p["Wh"], *state, activation=lay.activation)
 
 
-@pytest.mark.parametrize("kind,activation", [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"),
-                                             ("rnn", "relu")])
-def test_whole_sequence_layer_op_equals_the_per_step_cells(kind, activation):
-    """Outputs, final state and every gradient (weights, inputs, initial state) in float64."""
-    Tn, Bn, D, H = 5, 3, 4, 6
+@pytest.mark.parametrize("kind,activation,Bn", [("lstm", "tanh", 3), ("lstm", "tanh", 1), ("gru", "tanh", 3),
+                                                ("rnn", "tanh", 3), ("rnn", "relu", 3)])
+def test_whole_sequence_layer_op_equals_the_per_step_cells(kind, activation, Bn):
+    """Outputs, final state and every gradient (weights, inputs, initial state) in float64; the LSTM
+    also at B = 1, where its steps run as (1, 4H) rows."""
+    Tn, D, H = 5, 4, 6
     rng = np.random.default_rng(7)
     lay = Layer(kind, D, H, rng, np.float64, activation=activation)
     for p in lay.params.values():

@@ -66,6 +66,8 @@ CASES = {
     # whole-sequence layers: T = 3 steps of B = 2 rows, D = 3, H = 2; every output carries a gradient
     "lstm_layer": lambda: ([m(6, 3), m(3, 8), m(1, 8), m(2, 8), m(2, 2), m(2, 2)],
                            lambda g, *a: g.lstm_layer(*a)),
+    "lstm_layer/one-row": lambda: ([m(3, 3), m(3, 8), m(1, 8), m(2, 8), m(1, 2), m(1, 2)],  # B = 1: rows
+                                   lambda g, *a: g.lstm_layer(*a)),
     "lstm_layer/outputs-only": lambda: ([m(6, 3), m(3, 8), m(1, 8), m(2, 8), m(2, 2), m(2, 2)],
                                         lambda g, *a: g.lstm_layer(*a)[0]),
     "gru_layer": lambda: ([m(6, 3), m(3, 6), m(1, 6), m(2, 4), m(2, 2), m(2, 2)],
