@@ -49,6 +49,13 @@ class Corpus:
             return self.batcher.batch(rng)
         return self.batcher.random_batch(rng) if self.order == "random" else self.batcher.batch(step)
 
+    def target_counts(self, V: int) -> np.ndarray:
+        """(V,) how often each id is a training target: every training character (stream), every
+        character and the closing boundary of every training sentence (sentences)."""
+        if isinstance(self.batcher, SentenceBatcher):
+            return sum((np.bincount(s[1:], minlength=V) for s in self.batcher.seqs), np.zeros(V, np.int64))
+        return np.bincount(np.asarray(self.batcher.ids), minlength=V)
+
     def val_batches(self):
         if self.mode == "stream":
             return stream_batches(self.val) if len(self.val) > 2 else iter(())

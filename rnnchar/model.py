@@ -54,10 +54,11 @@ class CharModel:
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
                  activation: str = "tanh", gate: str = "scalar", forget_bias: float = 0.0,
                  dtype: str = "float32", init_scale: float = 0.0, candidate_gain: float = 2.0,
-                 dropout: float = 0.0, rng: np.random.Generator | None = None):
+                 dropout: float = 0.0, decoder_bias: str = "zero", rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.V, self.dtype, self.dropout = vocab_size, np.dtype(dtype), float(dropout)
         self.hidden_sizes, self.embed_size = list(hidden_sizes), embed_size
+        self.decoder_bias = decoder_bias  # "unigram": the trainer calls start_at_unigram with the counts
         self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
                                 init_scale=init_scale, forget_bias=forget_bias, activation=activation,
                                 candidate_gain=candidate_gain)
@@ -73,6 +74,15 @@ class CharModel:
         # mixes all layers inside one step, so there only the top layer's output before the decoder
         between = getattr(self.stack, "takes_dropout_masks", False)
         self.dropout_widths = list(hidden_sizes) if between else [H]
+
+    def start_at_unigram(self, counts: np.ndarray) -> None:
+        """decoder.b = log p(c), the training characters' frequencies (add-one smoothed): the untrained
+        model predicts the unigram distribution instead of a uniform one, so training does not spend its
+        first hundred steps learning character frequencies (README, "Initialisation, and why")."""
+        counts = np.asarray(counts, np.float64).reshape(-1)
+        if counts.shape != (self.V,):
+            raise ShapeError(f"{counts.shape[0]} character counts for a vocabulary of {self.V}")
+        self.params["decoder.b"].w[...] = np.log((counts + 1) / (counts.sum() + self.V))
 
     def bytes_per_token(self) -> int:
         """About what one character of a batch holds in memory through its forward and backward pass:

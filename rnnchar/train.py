@@ -73,6 +73,8 @@ class Trainer:
         self.reduce_s = 0.0  # seconds spent in the gradient reduction (waiting for the others included)
         if ckpt is not None:
             self._restore(ckpt)
+        elif cfg.model.decoder_bias == "unigram":  # a new run; every worker counts the same corpus
+            self.model.start_at_unigram(corpus.target_counts(len(corpus.vocab)))
 
     def attach(self, comm) -> None:
         """Train as one of comm.size data-parallel workers: this one computes its rows of each batch."""

@@ -269,3 +269,17 @@ def test_param_shapes_are_the_built_models(cell, gate, sizes):
     assert param_shapes(V, cell, sizes, E, gate=gate, dtype="float64") == {
         k: p.shape for k, p in model.params.items()}
     assert state_shapes(cell, sizes, 2) == [tuple(a.shape for a in s) for s in model.zero_state(2)]
+
+
+def test_start_at_unigram_makes_the_untrained_prediction_the_smoothed_character_frequencies():
+    model = make("lstm")
+    counts = np.array([0, 5, 1, 0, 30, 2, 2])
+    model.start_at_unigram(counts)
+    model.params["decoder.W"].w[...] = 0  # logits = decoder.b alone
+    logits, _ = model.step([1, 2])
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    expected = (counts + 1) / (counts.sum() + V)  # add-one smoothing: an unseen character is not impossible
+    np.testing.assert_allclose(p, np.stack([expected, expected]), rtol=1e-12)
+    with pytest.raises(ShapeError, match="counts for a vocabulary of 7"):
+        model.start_at_unigram(counts[:5])
