@@ -9,18 +9,21 @@ resumes in one, finding and loading checkpoints.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from .cells import state_shapes
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import Config, build_model, config_from_dict
+from .config import Config, build_model, config_from_dict, lr_at
 from .data import DataError, Vocab
 from .fileio import write_atomically
 from .model import CharModel, ShapeError, param_shapes
+
+log = logging.getLogger("rnnchar")
 
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")  # any of them: the directory holds a run
 
@@ -167,3 +170,23 @@ def resume_diffs(old: Config, cfg: Config) -> list[str]:
     if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
         pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
+
+
+def fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
+    """Pin train.lr_decay_steps: a new run's is its train.steps; a resumed run keeps the checkpoint's
+    unless the user sets it, so more steps never make a cosine learning rate jump back up unasked."""
+    t = cfg.train
+    if old is None:
+        t.lr_decay_steps = t.lr_decay_steps or t.steps
+        return
+    kept = old.train.lr_decay_steps or old.train.steps  # older checkpoints: the horizon was train.steps
+    if t.lr_decay_steps == 0:
+        t.lr_decay_steps = kept
+        if t.lr_schedule == "cosine" and t.steps > kept:
+            log.info("the cosine schedule keeps its horizon of %d steps (train.lr_decay_steps): steps after "
+                     "%d run at its floor, lr %.3g; set train.lr_decay_steps to stretch it", kept, kept,
+                     0.1 * t.lr)
+    elif t.lr_decay_steps != kept and t.lr_schedule == "cosine":
+        before = lr_at(replace(t, lr_decay_steps=kept), step)
+        log.warning("train.lr_decay_steps=%d replaces the checkpoint's %d: the cosine learning rate moves "
+                    "from %.3g to %.3g at step %d", t.lr_decay_steps, kept, before, lr_at(t, step), step + 1)

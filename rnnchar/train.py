@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,14 @@ from .heap import keep_freed_memory
 from .model import AUTO_BATCH_BYTES, ShapeError
 from .optim import OPTIMIZERS, clip_global_norm
 from .progress import PlainProgress, evaluate_log_and_keep_best, rewrite_metrics
-from .runs import check_run_files, checkpoint_shapes, nothing_to_resume, resume_diffs, write_atomic
+from .runs import (
+    check_run_files,
+    checkpoint_shapes,
+    fix_schedule_horizon,
+    nothing_to_resume,
+    resume_diffs,
+    write_atomic,
+)
 from .sample import sample_sentences, sample_stream
 
 log = logging.getLogger("rnnchar")
@@ -226,26 +233,6 @@ def _token_cap(cfg: Config, model) -> int:
     return 0 if cfg.data.mode == "stream" else model.tokens_within(AUTO_BATCH_BYTES)
 
 
-def _fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:
-    """Pin train.lr_decay_steps: a new run's is its train.steps; a resumed run keeps the checkpoint's
-    unless the user sets it, so more steps never make a cosine learning rate jump back up unasked."""
-    t = cfg.train
-    if old is None:
-        t.lr_decay_steps = t.lr_decay_steps or t.steps
-        return
-    kept = old.train.lr_decay_steps or old.train.steps  # older checkpoints: the horizon was train.steps
-    if t.lr_decay_steps == 0:
-        t.lr_decay_steps = kept
-        if t.lr_schedule == "cosine" and t.steps > kept:
-            log.info("the cosine schedule keeps its horizon of %d steps (train.lr_decay_steps): steps after "
-                     "%d run at its floor, lr %.3g; set train.lr_decay_steps to stretch it", kept, kept,
-                     0.1 * t.lr)
-    elif t.lr_decay_steps != kept and t.lr_schedule == "cosine":
-        before = lr_at(replace(t, lr_decay_steps=kept), step)
-        log.warning("train.lr_decay_steps=%d replaces the checkpoint's %d: the cosine learning rate moves "
-                    "from %.3g to %.3g at step %d", t.lr_decay_steps, kept, before, lr_at(t, step), step + 1)
-
-
 def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
                  more: int | None = None, init_from: Path | None = None, writer: bool = True) -> Trainer:
     """A new or resumed Trainer. Resuming refuses a config whose model differs from the checkpoint's;
@@ -274,7 +261,7 @@ def open_trainer(cfg: Config, run_dir: Path, resume: bool, cache: bool = True,
         if ckpt.step >= cfg.train.steps:
             log.warning("nothing to train: %s is at step %d and train.steps is %d; pass --more N (or --set "
                         "train.steps=M) to train further", path, ckpt.step, cfg.train.steps)
-    _fix_schedule_horizon(cfg, old, ckpt.step if ckpt else 0)
+    fix_schedule_horizon(cfg, old, ckpt.step if ckpt else 0)
     cache_dir = run_dir / "cache" if cache else None
     start = FineTune.open(cfg, init_from, cache_dir) if init_from is not None else None
     corpus = start.corpus if start else load_corpus(cfg, vocab=vocab, cache_dir=cache_dir)
