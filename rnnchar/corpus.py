@@ -53,7 +53,7 @@ class Corpus:
         """(V,) how often each id is a training target: every training character (stream), every
         character and the closing boundary of every training sentence (sentences)."""
         if isinstance(self.batcher, SentenceBatcher):
-            return sum((np.bincount(s[1:], minlength=V) for s in self.batcher.seqs), np.zeros(V, np.int64))
+            return np.bincount(np.concatenate([s[1:] for s in self.batcher.seqs]), minlength=V)
         return np.bincount(np.asarray(self.batcher.ids), minlength=V)
 
     def val_batches(self):

@@ -58,7 +58,6 @@ class CharModel:
         rng = rng if rng is not None else np.random.default_rng(0)
         self.V, self.dtype, self.dropout = vocab_size, np.dtype(dtype), float(dropout)
         self.hidden_sizes, self.embed_size = list(hidden_sizes), embed_size
-        self.decoder_bias = decoder_bias  # "unigram": the trainer calls start_at_unigram with the counts
         self.stack = make_stack(cell, embed_size, list(hidden_sizes), rng, self.dtype, gate=gate,
                                 init_scale=init_scale, forget_bias=forget_bias, activation=activation,
                                 candidate_gain=candidate_gain)
@@ -76,7 +75,8 @@ class CharModel:
         self.dropout_widths = list(hidden_sizes) if between else [H]
 
     def start_at_unigram(self, counts: np.ndarray) -> None:
-        """decoder.b = log p(c), the training characters' frequencies (add-one smoothed): the untrained
+        """What `decoder_bias="unigram"` asks of whoever knows the corpus (the trainer, for a new run):
+        decoder.b = log p(c), the training characters' frequencies (add-one smoothed): the untrained
         model predicts the unigram distribution instead of a uniform one, so training does not spend its
         first hundred steps learning character frequencies (README, "Initialisation, and why")."""
         counts = np.asarray(counts, np.float64).reshape(-1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mat import Mat, accumulate
+from .mat import Mat, accumulate, half_columns
 
 
 def _blocks(W: np.ndarray, G: int) -> np.ndarray:
@@ -91,13 +91,6 @@ def _order_columns(H: int) -> np.ndarray:
     return np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_ORDER])
 
 
-def _halved(W: np.ndarray, n: int) -> np.ndarray:
-    """A copy of W (n_rows, G*H) with its first `n` columns (the sigmoid gates') halved."""
-    W = W.copy()
-    W[:, :n] *= 0.5
-    return W
-
-
 def _start(dfinal: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     """The gradient flowing into the last step from after it: the final state's, or zeros."""
     return np.zeros_like(like) if dfinal is None else dfinal.copy()
@@ -116,14 +109,14 @@ class SequenceOps:
         B, H = h0.shape
         T = x.shape[0] // B
         Z = np.empty((T + 1, 5, B, H), h0.w.dtype)  # Z[T]: only c_T (block 4) is used
-        xp = (x.w @ _halved(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
-        bias = _halved(b.w, 3 * H).reshape(4, 1, H)
+        xp = (x.w @ half_columns(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
+        bias = half_columns(b.w, 3 * H).reshape(4, 1, H)
         for k, src in enumerate(LSTM_ORDER):  # one pass: the bias added while reordering into Z
             np.add(xp[:, :, src], bias[src], out=Z[:T, k])
         del xp
         Z[0, 4] = c0.w
         row = B == 1
-        W_rec = _halved(Wh.w, 3 * H)[:, _order_columns(H)]  # (H, 4H) in the order o, i, f, g
+        W_rec = half_columns(Wh.w, 3 * H)[:, _order_columns(H)]  # (H, 4H) in the order o, i, f, g
         W_rec = W_rec if row else _blocks(W_rec, 4)           # (4, H, H) blocks when B > 1
         hs, tcs = np.empty((T + 1, B, H), Z.dtype), np.empty((T, B, H), Z.dtype)  # hs[t + 1] = h_t
         hs[0] = h0.w
