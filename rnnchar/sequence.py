@@ -91,6 +91,17 @@ def _order_columns(H: int) -> np.ndarray:
     return np.concatenate([np.arange(k * H, (k + 1) * H) for k in LSTM_ORDER])
 
 
+def _lstm_blocks(W: np.ndarray, halve: bool = False, transpose: bool = False) -> np.ndarray:
+    """(n, 4H) in the parameters' order -> its blocks o, i, f, g as one contiguous (4, n, H) array (or
+    each block transposed, (4, H, n)), the sigmoid blocks halved if asked: one pass over W."""
+    H = W.shape[1] // 4
+    out = np.empty((4, H, W.shape[0]) if transpose else (4, W.shape[0], H), W.dtype)
+    for k, src in enumerate(LSTM_ORDER):
+        block = W[:, src * H:(src + 1) * H]
+        np.multiply(block.T if transpose else block, 0.5 if halve and k < 3 else 1, out=out[k])
+    return out
+
+
 def _start(dfinal: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     """The gradient flowing into the last step from after it: the final state's, or zeros."""
     return np.zeros_like(like) if dfinal is None else dfinal.copy()
@@ -109,21 +120,21 @@ class SequenceOps:
         B, H = h0.shape
         T = x.shape[0] // B
         Z = np.empty((T + 1, 5, B, H), h0.w.dtype)  # Z[T]: only c_T (block 4) is used
-        xp = (x.w @ half_columns(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
-        bias = half_columns(b.w, 3 * H).reshape(4, 1, H)
-        for k, src in enumerate(LSTM_ORDER):  # one pass: the bias added while reordering into Z
-            np.add(xp[:, :, src], bias[src], out=Z[:T, k])
-        del xp
+        cols = _order_columns(H)
+        # the input projection, block by block and step by step straight into Z: (T, 1, B, D) @ (4, D, H)
+        np.matmul(x.w.reshape(T, 1, B, -1), _lstm_blocks(Wx.w, halve=True), out=Z[:T, :4])
         Z[0, 4] = c0.w
-        row = B == 1
-        W_rec = half_columns(Wh.w, 3 * H)[:, _order_columns(H)]  # (H, 4H) in the order o, i, f, g
-        W_rec = W_rec if row else _blocks(W_rec, 4)           # (4, H, H) blocks when B > 1
+        row = B == 1  # then W_rec is (H, 4H) in the order o, i, f, g, else its (4, H, H) blocks
+        W_rec = half_columns(Wh.w, 3 * H)[:, cols] if row else _lstm_blocks(Wh.w, halve=True)
+        bias = half_columns(b.w, 3 * H)[:, cols]     # (1, 4H), added to each step's recurrent term
+        bias = bias if row else bias.reshape(4, 1, H)
         hs, tcs = np.empty((T + 1, B, H), Z.dtype), np.empty((T, B, H), Z.dtype)  # hs[t + 1] = h_t
         hs[0] = h0.w
         rec, prod = np.empty((1, 4 * H) if row else (4, B, H), Z.dtype), np.empty((2, B, H), Z.dtype)
         rec4 = rec.reshape(4, B, H)
         for z, h, h_new, c_new, tc in zip(Z[:T], hs[:-1], hs[1:], Z[1:, 4], tcs):
             np.matmul(h, W_rec, out=rec)
+            rec += bias
             gates = z[:4]
             gates += rec4
             _squash(gates, 3)
@@ -140,8 +151,8 @@ class SequenceOps:
                 dpre[:, k] *= Z[:T, factor]
             dc_dh = 1 - tcs * tcs
             dc_dh *= Z[:T, 0]  # o (1 - tanh(c)^2)
-            WT = np.ascontiguousarray(Wh.w[:, _order_columns(H)].T)  # (4H, H), blocks o, i, f, g
-            WT = WT if row else WT.reshape(4, H, H)  # (4, H, H) blocks Wh_k^T when B > 1
+            WT = _lstm_blocks(Wh.w, transpose=True)  # (4, H, H): Wh_k^T in the order o, i, f, g
+            WT = WT.reshape(4 * H, H) if row else WT
             dh, dc, tmp = _start(dhT, h0.w), _start(dcT, c0.w), np.empty((B, H), Z.dtype)
             dH = None if dhs is None else dhs.reshape(T, B, H)
             for t in range(T - 1, -1, -1):
