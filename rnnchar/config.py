@@ -90,8 +90,9 @@ class ModelConfig(_Section):
                                  "of the gates' scale")
     dropout: float = _key(0.0, PROBABILITY, "training only: drop this fraction of each layer's outputs "
                           "(between layers and before the decoder); 0 = off")
-    decoder_bias: str = _key("unigram", choice("unigram", "zero"), "initial decoder bias: unigram = log "
-                             "frequencies of the training characters, zero = all 0")
+    decoder_bias: str = _key("auto", choice("auto", "unigram", "zero"), "initial decoder bias: unigram = "
+                             "log frequencies of the training characters, zero = all 0, auto = unigram "
+                             "for LSTM cells, zero for the others")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from .datapar import GradBuffer, broadcast_params, gather_rows, reduce_scalars, 
 from .evaluate import batch_nats
 from .finetune import FineTune
 from .heap import keep_freed_memory
-from .model import AUTO_BATCH_BYTES, ShapeError
+from .model import AUTO_BATCH_BYTES, ShapeError, starts_at_unigram
 from .optim import OPTIMIZERS, clip_global_norm
 from .progress import PlainProgress, evaluate_log_and_keep_best, rewrite_metrics
 from .runs import (
@@ -80,7 +80,7 @@ class Trainer:
         self.reduce_s = 0.0  # seconds spent in the gradient reduction (waiting for the others included)
         if ckpt is not None:
             self._restore(ckpt)
-        elif cfg.model.decoder_bias == "unigram":  # a new run; every worker counts the same corpus
+        elif starts_at_unigram(cfg.model.decoder_bias, cfg.model.cell):  # a new run; each worker counts alike
             self.model.start_at_unigram(corpus.target_counts(len(corpus.vocab)))
 
     def attach(self, comm) -> None:

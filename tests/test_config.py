@@ -23,7 +23,7 @@ from rnnchar.config import (
 DEFAULTS = {
     "model": {"cell": "lstm", "hidden_sizes": [128, 128], "embed_size": 32, "activation": "tanh",
               "gate": "scalar", "forget_bias": 0.0, "dtype": "float32", "init_scale": 0.0,
-              "candidate_gain": 2.0, "dropout": 0.0, "decoder_bias": "unigram"},
+              "candidate_gain": 2.0, "dropout": 0.0, "decoder_bias": "auto"},
     "data": {"corpus": None, "mode": "sentences", "val_fraction": 0.05, "min_count": 1, "batch_size": 32,
              "seq_len": 64, "max_line_len": 500, "stream_order": "sequential",
              "max_batch_tokens": "auto"},

@@ -228,5 +228,11 @@ def test_a_new_run_starts_at_the_training_texts_unigram_and_zero_opts_out(tmp_pa
             assert by_char == {"a": 25, "b": 25, "c": 5} and counts.sum() == len(text)
         b = Trainer(load_config(None, sets), tmp_path, corpus).model.params["decoder.b"].w[0]
         np.testing.assert_allclose(np.exp(b), (counts + 1) / (counts.sum() + len(v)), rtol=1e-12)
-        zero = Trainer(load_config(None, sets + ["model.decoder_bias=zero"]), tmp_path, corpus)
-        assert not zero.model.params["decoder.b"].w.any()
+        def bias(*more):
+            return Trainer(load_config(None, sets + list(more)), tmp_path, corpus).model.params["decoder.b"].w[0]
+        assert not bias("model.decoder_bias=zero").any()
+        # auto (the default): the unigram start for the LSTM cells only; unigram asks for it for any cell
+        np.testing.assert_array_equal(bias("model.cell=gf-lstm"), b)
+        for cell in ("gru", "rnn", "gf-gru", "gf-rnn"):
+            assert not bias(f"model.cell={cell}").any()
+            np.testing.assert_array_equal(bias(f"model.cell={cell}", "model.decoder_bias=unigram"), b)
