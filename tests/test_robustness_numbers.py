@@ -228,8 +228,10 @@ def test_a_new_run_starts_at_the_training_texts_unigram_and_zero_opts_out(tmp_pa
             assert by_char == {"a": 25, "b": 25, "c": 5} and counts.sum() == len(text)
         b = Trainer(load_config(None, sets), tmp_path, corpus).model.params["decoder.b"].w[0]
         np.testing.assert_allclose(np.exp(b), (counts + 1) / (counts.sum() + len(v)), rtol=1e-12)
-        def bias(*more):
-            return Trainer(load_config(None, sets + list(more)), tmp_path, corpus).model.params["decoder.b"].w[0]
+        def bias(*more, sets=sets, corpus=corpus):
+            trainer = Trainer(load_config(None, sets + list(more)), tmp_path, corpus)
+            return trainer.model.params["decoder.b"].w[0]
+
         assert not bias("model.decoder_bias=zero").any()
         # auto (the default): the unigram start for the LSTM cells only; unigram asks for it for any cell
         np.testing.assert_array_equal(bias("model.cell=gf-lstm"), b)
