@@ -121,20 +121,20 @@ class SequenceOps:
         T = x.shape[0] // B
         Z = np.empty((T + 1, 5, B, H), h0.w.dtype)  # Z[T]: only c_T (block 4) is used
         cols = _order_columns(H)
-        # the input projection, block by block and step by step straight into Z: (T, 1, B, D) @ (4, D, H)
-        np.matmul(x.w.reshape(T, 1, B, -1), _lstm_blocks(Wx.w, halve=True), out=Z[:T, :4])
+        xp = (x.w @ half_columns(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
+        bias = half_columns(b.w, 3 * H).reshape(4, 1, H)
+        for k, src in enumerate(LSTM_ORDER):  # one pass: the bias added while reordering into Z
+            np.add(xp[:, :, src], bias[src], out=Z[:T, k])
+        del xp
         Z[0, 4] = c0.w
         row = B == 1  # then W_rec is (H, 4H) in the order o, i, f, g, else its (4, H, H) blocks
         W_rec = half_columns(Wh.w, 3 * H)[:, cols] if row else _lstm_blocks(Wh.w, halve=True)
-        bias = half_columns(b.w, 3 * H)[:, cols]     # (1, 4H), added to each step's recurrent term
-        bias = bias if row else bias.reshape(4, 1, H)
         hs, tcs = np.empty((T + 1, B, H), Z.dtype), np.empty((T, B, H), Z.dtype)  # hs[t + 1] = h_t
         hs[0] = h0.w
         rec, prod = np.empty((1, 4 * H) if row else (4, B, H), Z.dtype), np.empty((2, B, H), Z.dtype)
         rec4 = rec.reshape(4, B, H)
         for z, h, h_new, c_new, tc in zip(Z[:T], hs[:-1], hs[1:], Z[1:, 4], tcs):
             np.matmul(h, W_rec, out=rec)
-            rec += bias
             gates = z[:4]
             gates += rec4
             _squash(gates, 3)
