@@ -89,7 +89,7 @@ def _torch_cmd(spec: dict, args) -> list[str]:
     flags = dict(data=spec["torch_corpus"], cell=spec["cell"], emb=spec["emb"],
                  hidden=spec["hidden"], layers=spec["layers"], batch=spec["batch"], seq=spec["torch_seq"],
                  steps=spec["steps"], warmup=spec["warmup"], threads=spec["threads"], optim=spec["optimizer"],
-                 lr="2e-3", clip=5)
+                 lr="2e-3", clip=5, seed=spec.get("seed", 1))
     cmd = [args.torch_python, args.torch_ref] + [str(x) for k, v in flags.items() for x in (f"--{k}", v)]
     return cmd + ([] if spec["quality"] else ["--no-eval"])
 
@@ -114,7 +114,7 @@ def run_one(spec: dict, system: str, args) -> dict | None:
     keep = ("chars_per_sec", "peak_rss_mb", "val_bpc", "val_chars", "ms_per_step", "load_s", "corpus_mb",
             "ids_mb", "ids_mmap", "rss_after_load_mb", "rss_end_mb", "rss_end_anon_mb", "rss_end_file_mb",
             "workers", "reduce_share", "grad_mb")
-    rec = {"kind": "run", **{k: spec[k] for k in SHOWN}, "system": system,
+    rec = {"kind": "run", **{k: spec[k] for k in SHOWN}, "system": system, "seed": spec.get("seed", 1),
            **{k: round(got[k], 4) if isinstance(got[k], float) else got[k] for k in keep if k in got}}
     rec["chars_per_sec"] = round(rec["chars_per_sec"], 1)
     if system == "torch":  # demo: torch_ref reads windows of 64 of tinyshakespeare, not sentences
@@ -167,8 +167,9 @@ def run_group(group: list[dict], args) -> list:
     runs = {id(spec): {s: [] for s in systems if wanted[s](spec)} for spec in group}
     for repeat in range(args.repeats):
         for spec in group:
-            for system in runs[id(spec)]:
-                rec = run_one(spec, system, args)
+            for system in runs[id(spec)]:  # quality: repeat r trains seed r + 1 on both sides (medians of
+                # seeds, as a seed's run is deterministic); speed: the same seed again
+                rec = run_one({**spec, "seed": repeat + 1} if spec["quality"] else spec, system, args)
                 if rec is None:
                     args.failed += 1
                     continue

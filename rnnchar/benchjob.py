@@ -23,7 +23,8 @@ from .benchpar import measure_train
 def overrides(spec: dict) -> list[str]:
     ov = [f"data.corpus={spec['corpus_path']}", f"data.mode={spec['mode']}", f"train.steps={spec['steps']}",
           f"data.batch_size={spec['batch']}", "data.val_fraction=0.1", "train.eval_max_chars=0",
-          "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0"]
+          "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0",
+          f"train.seed={spec.get('seed', 1)}"]
     if spec.get("config"):  # the bundled config fixes the model and the solver
         return ov
     ov += [f"model.cell={spec['cell']}", f"model.embed_size={spec['emb']}",

@@ -102,6 +102,35 @@ def test_quality_workload_measures_the_model_defaults():
         assert model_keys == {"model.cell", "model.embed_size", "model.hidden_sizes"}, ov
 
 
+def test_quality_repeats_are_seeds_1_to_n_on_both_sides_and_speed_repeats_one_seed(monkeypatch):
+    """A seed's quality run is deterministic, so its repeats are seeds: medians of seeds, side by side."""
+    seen = []
+
+    def fake_run_one(spec, system, args):
+        seen.append((spec["workload"], system, spec.get("seed", 1)))
+        if system == "torch":
+            cmd = bench._torch_cmd(spec, args)
+            assert cmd[cmd.index("--seed") + 1] == str(spec.get("seed", 1))
+        else:
+            assert f"train.seed={spec.get('seed', 1)}" in benchjob.overrides({**spec, "corpus_path": "x"})
+        return {"kind": "run", "chars_per_sec": 1.0, "val_bpc": 2.0, "seed": spec.get("seed", 1)}
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    args = bench.parse_args(["--repeats", "3", "--torch-python", sys.executable])
+    args.failed = 0
+    quality = bench.plan("quality", args)[0]
+    for spec in quality:
+        spec.update(corpus_path="x", torch_corpus="x", torch_seq=spec["seq"])
+    bench.run_group(quality, args)
+    assert seen == [("quality", s, seed) for seed in (1, 2, 3) for s in ("rnnchar", "torch")]
+    seen.clear()
+    small = bench.plan("small", args)[0]
+    for spec in small:
+        spec.update(corpus_path="x", torch_corpus="x", torch_seq=spec["seq"])
+    bench.run_group(small, args)
+    assert {seed for _, _, seed in seen} == {1} and len(seen) == 9  # rnnchar, torch, ceiling x 3
+
+
 def test_ceiling_runs_beside_training_and_reports_a_ratio(corpora, monkeypatch):
     spec = bench.job("tiny", "lstm", 1, emb=4, hidden=8, batch=2, seq=8, steps=3, warmup=1, torch=False,
                      corpus_path=str(corpora / "tinyshakespeare.txt"), corpus="tinyshakespeare.txt",
