@@ -54,7 +54,7 @@ class Corpus:
         character and the closing boundary of every training sentence (sentences)."""
         if isinstance(self.batcher, SentenceBatcher):
             return np.bincount(np.concatenate([s[1:] for s in self.batcher.seqs]), minlength=V)
-        return np.bincount(np.asarray(self.batcher.ids), minlength=V)
+        return count_ids(self.batcher.ids, V)
 
     def val_batches(self):
         if self.mode == "stream":
@@ -65,6 +65,15 @@ class Corpus:
         n_val = len(self.val) if self.mode == "stream" else sum(len(s) - 1 for s in self.val)
         return (f"corpus {self.source}: {self.mode} mode, vocabulary {len(self.vocab)} "
                 f"({len(self.vocab) - 2} characters + boundary + unknown), {n_val:,} validation characters")
+
+
+def count_ids(ids: np.ndarray, V: int, chunk: int = 1 << 24) -> np.ndarray:
+    """(V,) occurrences of each id, chunk by chunk: np.bincount copies its input to 8-byte integers,
+    which for the memory-mapped ids of a 500 MB corpus would be a 4 GB transient."""
+    counts = np.zeros(V, np.int64)
+    for start in range(0, len(ids), chunk):
+        counts += np.bincount(ids[start:start + chunk], minlength=V)
+    return counts
 
 
 def corpus_path(cfg: Config) -> str:
