@@ -312,8 +312,10 @@ def lr_at(train: TrainConfig, step: int) -> float:
 
 
 def build_model(cfg: Config, vocab_size: int) -> CharModel:
-    """The model a config describes, initialised from train.seed (weights random until trained)."""
-    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **asdict(cfg.model))
+    """The model a config describes, initialised from train.seed (weights random until trained); the
+    decoder bias's start needs the corpus, so the trainer applies it (CharModel.start_at_unigram)."""
+    shape = {k: v for k, v in asdict(cfg.model).items() if k != "decoder_bias"}
+    return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **shape)
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -53,7 +53,7 @@ class Corpus:
         """(V,) how often each id is a training target: every training character (stream), every
         character and the closing boundary of every training sentence (sentences)."""
         if isinstance(self.batcher, SentenceBatcher):
-            return np.bincount(np.concatenate([s[1:] for s in self.batcher.seqs]), minlength=V)
+            return count_ids(np.concatenate([s[1:] for s in self.batcher.seqs]), V)
         return count_ids(self.batcher.ids, V)
 
     def val_batches(self):

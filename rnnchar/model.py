@@ -64,7 +64,7 @@ class CharModel:
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden_sizes=(128, 128), embed_size: int = 32,
                  activation: str = "tanh", gate: str = "scalar", forget_bias: float = 0.0,
                  dtype: str = "float32", init_scale: float = 0.0, candidate_gain: float = 2.0,
-                 dropout: float = 0.0, decoder_bias: str = "zero", rng: np.random.Generator | None = None):
+                 dropout: float = 0.0, rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.V, self.dtype, self.dropout = vocab_size, np.dtype(dtype), float(dropout)
         self.hidden_sizes, self.embed_size = list(hidden_sizes), embed_size

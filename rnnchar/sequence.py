@@ -120,7 +120,6 @@ class SequenceOps:
         B, H = h0.shape
         T = x.shape[0] // B
         Z = np.empty((T + 1, 5, B, H), h0.w.dtype)  # Z[T]: only c_T (block 4) is used
-        cols = _order_columns(H)
         xp = (x.w @ half_columns(Wx.w, 3 * H)).reshape(T, B, 4, H)  # (T, B, 4, H) in the parameters' order
         bias = half_columns(b.w, 3 * H).reshape(4, 1, H)
         for k, src in enumerate(LSTM_ORDER):  # one pass: the bias added while reordering into Z
@@ -128,7 +127,7 @@ class SequenceOps:
         del xp
         Z[0, 4] = c0.w
         row = B == 1  # then W_rec is (H, 4H) in the order o, i, f, g, else its (4, H, H) blocks
-        W_rec = half_columns(Wh.w, 3 * H)[:, cols] if row else _lstm_blocks(Wh.w, halve=True)
+        W_rec = half_columns(Wh.w, 3 * H)[:, _order_columns(H)] if row else _lstm_blocks(Wh.w, halve=True)
         hs, tcs = np.empty((T + 1, B, H), Z.dtype), np.empty((T, B, H), Z.dtype)  # hs[t + 1] = h_t
         hs[0] = h0.w
         rec, prod = np.empty((1, 4 * H) if row else (4, B, H), Z.dtype), np.empty((2, B, H), Z.dtype)
