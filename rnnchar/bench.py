@@ -73,8 +73,10 @@ def plan(name: str, args) -> list[list[dict]]:
     if name == "gf":
         return [[job(name, c, 2, **s(100, 5), **SMALL, torch=False) for c in ("lstm", "gf-lstm", "gf-gru")]]
     if name == "quality":
-        return [[job(name, c, 2, **s(2000, 10), **SMALL, optimizer="adam", quality=True)]
-                for c in ("lstm", "gru", "rnn")]
+        # and lstm.yaml at the same sizes, solver and budget: its own schedule and dropout (auto)
+        q = dict(**s(2000, 10), **SMALL, optimizer="adam", quality=True)
+        return [[job(name, c, 2, **q)] for c in ("lstm", "gru", "rnn")] + \
+            [[job(name, "lstm", 2, **q, config="lstm", torch=False)]]
     if name == "memory":
         return [[job(name, "lstm", 2, **s(6, 1), **SMALL, torch=False, memory=True),
                  job(name, "lstm", 2, **s(6, 1), **SMALL, torch=False, memory=True, corpus="@big")]]
@@ -107,14 +109,17 @@ def run_one(spec: dict, system: str, args) -> dict | None:
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     got = next((d for d in reversed(lines) if d.get("event", "result") == "result"), None)
-    label = f"{spec['workload']} {system} {spec['cell']} threads={spec['threads']} batch={spec['batch']}"
+    label = f"{spec['workload']} {system} {spec.get('config') or spec['cell']} threads={spec['threads']} " \
+            f"batch={spec['batch']}"
     if proc.returncode != 0 or got is None or not got.get("chars_per_sec"):
         print(f"bench: FAILED {label} (exit {proc.returncode})", file=sys.stderr, flush=True)
         return None
     keep = ("chars_per_sec", "peak_rss_mb", "val_bpc", "val_chars", "ms_per_step", "load_s", "corpus_mb",
             "ids_mb", "ids_mmap", "rss_after_load_mb", "rss_end_mb", "rss_end_anon_mb", "rss_end_file_mb",
             "workers", "reduce_share", "grad_mb")
-    rec = {"kind": "run", **{k: spec[k] for k in SHOWN}, "system": system, "seed": spec.get("seed", 1),
+    named = {"config": spec["config"]} if spec.get("config") else {}  # a bundled config's name
+    rec = {"kind": "run", **{k: spec[k] for k in SHOWN}, **named, "system": system,
+           "seed": spec.get("seed", 1),
            **{k: round(got[k], 4) if isinstance(got[k], float) else got[k] for k in keep if k in got}}
     rec["chars_per_sec"] = round(rec["chars_per_sec"], 1)
     if system == "torch":  # demo: torch_ref reads windows of 64 of tinyshakespeare, not sentences

@@ -25,8 +25,9 @@ def overrides(spec: dict) -> list[str]:
           f"data.batch_size={spec['batch']}", "data.val_fraction=0.1", "train.eval_max_chars=0",
           "train.eval_every=0", "train.sample_every=0", "train.checkpoint_every=0",
           f"train.seed={spec.get('seed', 1)}"]
-    if spec.get("config"):  # the bundled config fixes the model and the solver
+    if spec.get("config") and not spec["quality"]:  # the bundled config fixes the model and the solver
         return ov
+    # (quality with a config: the workload's sizes, solver and budget; the config's schedule, dropout)
     ov += [f"model.cell={spec['cell']}", f"model.embed_size={spec['emb']}",
            f"model.hidden_sizes={[spec['hidden']] * spec['layers']}", f"data.seq_len={spec['seq']}",
            f"train.optimizer={spec['optimizer']}", "train.lr=0.002"]

@@ -28,13 +28,13 @@ from .safeyaml import YamlRefused, clipped, load_yaml, shown
 from .valuerules import (
     ANY_FLOAT,
     BATCH_TOKENS,
+    DROPOUT,
     NONNEG_FLOAT,
     NONNEG_INT,
     OFF_INT,
     PATH,
     POS_FLOAT,
     POS_INT,
-    PROBABILITY,
     SIZES,
     WORKERS,
     Bad,
@@ -88,8 +88,9 @@ class ModelConfig(_Section):
                            "0 = U(+-1/sqrt(H)) as PyTorch; > 0 = N(0, init_scale) as RecurrentJS (0.08)")
     candidate_gain: float = _key(2.0, POS_FLOAT, "LSTM/GRU: cell-candidate weights drawn at this multiple "
                                  "of the gates' scale")
-    dropout: float = _key(0.0, PROBABILITY, "training only: drop this fraction of each layer's outputs "
-                          "(between layers and before the decoder); 0 = off")
+    dropout: float | str = _key(0.0, DROPOUT, "training only: drop this fraction of each layer's outputs "
+                                "(between layers and before the decoder); 0 = off; auto = from the "
+                                "parameters per training character and the planned passes")
     decoder_bias: str = _key("auto", choice("auto", "unigram", "zero"), "initial decoder bias: unigram = "
                              "log frequencies of the training characters, zero = all 0, auto = unigram "
                              "for LSTM cells, zero for the others")
@@ -313,8 +314,10 @@ def lr_at(train: TrainConfig, step: int) -> float:
 
 def build_model(cfg: Config, vocab_size: int) -> CharModel:
     """The model a config describes, initialised from train.seed (weights random until trained); the
-    decoder bias's start needs the corpus, so the trainer applies it (CharModel.start_at_unigram)."""
+    decoder bias's start and dropout `auto` need the corpus, so the trainer applies them
+    (CharModel.start_at_unigram, model.auto_dropout)."""
     shape = {k: v for k, v in asdict(cfg.model).items() if k != "decoder_bias"}
+    shape["dropout"] = 0.0 if shape["dropout"] == "auto" else shape["dropout"]
     return CharModel(vocab_size, rng=np.random.default_rng(cfg.train.seed), **shape)
 
 

@@ -56,6 +56,18 @@ class Corpus:
             return count_ids(np.concatenate([s[1:] for s in self.batcher.seqs]), V)
         return count_ids(self.batcher.ids, V)
 
+    def train_chars(self) -> int:
+        """Training targets: the characters (stream), or every sentence's characters and its boundary."""
+        if isinstance(self.batcher, SentenceBatcher):
+            return sum(len(s) - 1 for s in self.batcher.seqs)
+        return len(self.batcher.ids)
+
+    def chars_per_step(self, batch_size: int, seq_len: int) -> float:
+        """Targets in a training batch: B x seq_len (stream), B x the mean sentence's (sentences)."""
+        if isinstance(self.batcher, SentenceBatcher):
+            return batch_size * self.train_chars() / len(self.batcher.seqs)
+        return batch_size * seq_len
+
     def val_batches(self):
         if self.mode == "stream":
             return stream_batches(self.val) if len(self.val) > 2 else iter(())

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, build_model, config_from_dict, lr_at
 from .data import DataError, Vocab
 from .fileio import write_atomically
-from .model import CharModel, ShapeError, param_shapes
+from .model import CharModel, ShapeError, auto_dropout, param_shapes
 
 log = logging.getLogger("rnnchar")
 
@@ -170,6 +170,21 @@ def resume_diffs(old: Config, cfg: Config) -> list[str]:
     if cfg.data.mode == "stream":  # the carried hidden state holds one row per stream
         pairs.append(("data.batch_size", old.data.batch_size, cfg.data.batch_size))
     return [f"{key}: {a!r} in the checkpoint, {b!r} now" for key, a, b in pairs if a != b]
+
+
+def pin_dropout(cfg: Config, ckpt, model: CharModel, corpus) -> float:
+    """What model.dropout `auto` stands for: a resumed run keeps its checkpoint's number; a new run
+    (fine-tuning too) computes it (model.auto_dropout) from the model's parameters, the corpus's training
+    characters and train.steps, the same in every data-parallel worker."""
+    kept = (ckpt.config.get("model") or {}).get("dropout") if ckpt is not None else None
+    if isinstance(kept, (int, float)) and not isinstance(kept, bool):
+        return float(kept)
+    n_params, n_chars = model.flat_grad.size, corpus.train_chars()
+    passes = cfg.train.steps * corpus.chars_per_step(cfg.data.batch_size, cfg.data.seq_len) / n_chars
+    p = auto_dropout(n_params, n_chars, passes * n_chars)
+    log.info("model.dropout auto: %g (%s parameters, %.2f per training character, %.1f planned passes)",
+             p, f"{n_params:,}", n_params / n_chars, passes)
+    return p
 
 
 def fix_schedule_horizon(cfg: Config, old: Config | None, step: int = 0) -> None:

@@ -41,6 +41,7 @@ from .runs import (
     checkpoint_shapes,
     fix_schedule_horizon,
     nothing_to_resume,
+    pin_dropout,
     resume_diffs,
     write_atomic,
 )
@@ -68,6 +69,8 @@ class Trainer:
         self.cfg, self.run_dir, self.corpus = cfg, run_dir, corpus
         keep_freed_memory()  # a step's temporaries reuse the last step's pages (heap.py: ~25% on the LSTM)
         self.model = build_model(cfg, len(corpus.vocab))
+        if cfg.model.dropout == "auto":  # a number from here on: config.yaml and checkpoints hold what ran
+            self.model.dropout = cfg.model.dropout = pin_dropout(cfg, ckpt, self.model, corpus)
         self.opt = OPTIMIZERS[cfg.train.optimizer]()
         self.token_cap = _token_cap(cfg, self.model)
         self.rng = np.random.default_rng(cfg.train.seed + 1)  # batches; never the model's init RNG

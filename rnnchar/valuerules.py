@@ -71,4 +71,19 @@ SIZES = rule(lambda v: len(v) > 0 and all(is_int(x) and x >= 1 for x in v), "a n
 BATCH_TOKENS = rule(lambda v: v == "auto" or (is_int(v) and v >= 0),
                     "auto or a non-negative integer (0 = off)")
 WORKERS = rule(lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or a positive integer")
+
+
+def auto_or(check, what: str):
+    """A check that also takes the text ``auto`` (resolved later, by whoever knows the run)."""
+    def checked(v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            return check(v)
+        except Bad:
+            raise Bad(what) from None
+    return checked
+
+
+DROPOUT = auto_or(PROBABILITY, "auto or a number in [0, 1)")
 PATH = rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")

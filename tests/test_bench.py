@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rnnchar import bench, benchjob, benchpar
+from rnnchar.config import load_config
 
 WORDS = "the cat sat on a warm mat while rain fell on the old town and birds sang".split()
 FIELDS = {"workload", "system", "cell", "threads", "batch", "seq", "hidden", "emb", "chars_per_sec",
@@ -100,6 +101,22 @@ def test_quality_workload_measures_the_model_defaults():
         ov = benchjob.overrides({**spec, "corpus_path": "x.txt"})
         model_keys = {o.partition("=")[0] for o in ov if o.startswith("model.")}
         assert model_keys == {"model.cell", "model.embed_size", "model.hidden_sizes"}, ov
+
+
+def test_quality_workload_runs_lstm_yaml_at_its_sizes_solver_and_budget_with_its_own_schedule():
+    """The clause: the shipped lstm.yaml, with the workload's sizes, optimizer and steps, keeps its schedule
+    and regularisation (dropout auto); no torch run of its own, the plain LSTM's is beside it."""
+    specs = [spec for group in bench.plan("quality", bench.parse_args([])) for spec in group]
+    [spec] = [s for s in specs if s.get("config")]
+    assert spec["config"] == "lstm" and not spec["torch"]
+    cfg = load_config("lstm", benchjob.overrides({**spec, "corpus_path": "x.txt"}))
+    own = load_config("lstm", [])
+    assert (cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.model.dropout) == \
+        (own.train.lr_schedule, own.train.warmup_steps, own.model.dropout)
+    assert (cfg.model.hidden_sizes, cfg.model.embed_size, cfg.data.seq_len, cfg.data.mode) == \
+        ([128, 128], 64, 64, "stream")
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.steps, cfg.train.clip_norm) == \
+        ("adam", 0.002, 2000, 5)
 
 
 def test_quality_repeats_are_seeds_1_to_n_on_both_sides_and_speed_repeats_one_seed(monkeypatch):

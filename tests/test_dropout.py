@@ -144,7 +144,7 @@ def test_two_workers_with_dropout_train_like_one_process(corpus, tmp_path, mode)
 
 @pytest.mark.parametrize("value", ["1", "1.5", "-0.1", "nan"])
 def test_dropout_outside_zero_to_one_is_a_config_error(value):
-    with pytest.raises(ConfigError, match=r"model.dropout: expected a number in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"model.dropout: expected auto or a number in \[0, 1\)"):
         load_config(None, [f"model.dropout={value}"])
 
 
