@@ -109,8 +109,8 @@ def run_one(spec: dict, system: str, args) -> dict | None:
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
     got = next((d for d in reversed(lines) if d.get("event", "result") == "result"), None)
-    label = f"{spec['workload']} {system} {spec.get('config') or spec['cell']} threads={spec['threads']} " \
-            f"batch={spec['batch']}"
+    what = f"{spec['config']}.yaml" if spec.get("config") else spec["cell"]
+    label = f"{spec['workload']} {system} {what} threads={spec['threads']} batch={spec['batch']}"
     if proc.returncode != 0 or got is None or not got.get("chars_per_sec"):
         print(f"bench: FAILED {label} (exit {proc.returncode})", file=sys.stderr, flush=True)
         return None
