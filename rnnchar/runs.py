@@ -178,6 +178,7 @@ def pin_dropout(cfg: Config, ckpt, model: CharModel, corpus) -> float:
     characters and train.steps, the same in every data-parallel worker."""
     kept = (ckpt.config.get("model") or {}).get("dropout") if ckpt is not None else None
     if isinstance(kept, (int, float)) and not isinstance(kept, bool):
+        log.info("model.dropout auto: %g, the value this run started with (in its checkpoint)", kept)
         return float(kept)
     n_params, n_chars = model.flat_grad.size, corpus.train_chars()
     passes = cfg.train.steps * corpus.chars_per_step(cfg.data.batch_size, cfg.data.seq_len) / n_chars
