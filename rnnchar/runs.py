@@ -181,10 +181,10 @@ def pin_dropout(cfg: Config, ckpt, model: CharModel, corpus) -> float:
         log.info("model.dropout auto: %g, the value this run started with (in its checkpoint)", kept)
         return float(kept)
     n_params, n_chars = model.flat_grad.size, corpus.train_chars()
-    passes = cfg.train.steps * corpus.chars_per_step(cfg.data.batch_size, cfg.data.seq_len) / n_chars
-    p = auto_dropout(n_params, n_chars, passes * n_chars)
+    planned = cfg.train.steps * corpus.chars_per_step(cfg.data.batch_size, cfg.data.seq_len)
+    p = auto_dropout(n_params, n_chars, planned)
     log.info("model.dropout auto: %g (%s parameters, %.2f per training character, %.1f planned passes)",
-             p, f"{n_params:,}", n_params / n_chars, passes)
+             p, f"{n_params:,}", n_params / n_chars, planned / n_chars)
     return p
 
 

@@ -68,9 +68,6 @@ ANY_FLOAT = float_rule(lambda x: True, "a number")
 PROBABILITY = float_rule(lambda x: 0 <= x < 1, "a number in [0, 1)")
 SIZES = rule(lambda v: len(v) > 0 and all(is_int(x) and x >= 1 for x in v), "a non-empty list of positive "
               "integers", lambda v: list(v) if isinstance(v, (list, tuple)) else None)
-BATCH_TOKENS = rule(lambda v: v == "auto" or (is_int(v) and v >= 0),
-                    "auto or a non-negative integer (0 = off)")
-WORKERS = rule(lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or a positive integer")
 
 
 def auto_or(check, what: str):
@@ -85,5 +82,7 @@ def auto_or(check, what: str):
     return checked
 
 
+BATCH_TOKENS = auto_or(NONNEG_INT, "auto or a non-negative integer (0 = off)")
+WORKERS = auto_or(POS_INT, "auto or a positive integer")
 DROPOUT = auto_or(PROBABILITY, "auto or a number in [0, 1)")
 PATH = rule(lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path string")
